@@ -1,0 +1,28 @@
+"""bsmamba2-plugin: the BSMamba2 separation model for the MSST ecosystem.
+
+Heavy names (torch models) load on first use, so `import bsmamba2_plugin` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "BSMamba2": "bsmamba2_plugin.model",
+    "Mamba2": "bsmamba2_plugin.model",
+    "load_model": "bsmamba2_plugin.checkpoint",
+    "read_state_dict": "bsmamba2_plugin.checkpoint",
+    "load_weights": "bsmamba2_plugin.checkpoint",
+    "CheckpointError": "bsmamba2_plugin.checkpoint",
+    "load_config": "bsmamba2_plugin.config",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bsmamba2_plugin' has no attribute {name!r}")

@@ -1,0 +1,181 @@
+"""Mamba2 (Dao & Gu 2024) with the parameters of `mamba_ssm.modules.mamba2.Mamba2`.
+
+Parameter names, shapes and initialisation are mamba-ssm's, so a state dict moves between
+this module and mamba-ssm's unchanged. The forward pass runs mamba-ssm's fused kernels for
+CUDA tensors when mamba-ssm imports (see `backend.py`), and otherwise the PyTorch SSD scan
+of `ssd.py`.
+
+    u -> in_proj -> [z | xBC | dt]
+    xBC -> causal depthwise conv1d -> SiLU -> [x | B | C]
+    y = SSD(x, dt = softplus(dt + dt_bias), A = -exp(A_log), B, C) + D * x
+    out = out_proj(rmsnorm(y * silu(z)) * norm.weight)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backend import check_backend, mamba_ssm_kernels, use_mamba_ssm
+from .ssd import ssd_chunked
+
+# The PyTorch scan's chunk length. It is not a weight: any chunk gives the same result up to
+# rounding. On CPU short chunks win (the quadratic part grows with Q); benchmarks/ measures it.
+TORCH_CHUNK_SIZE = 64
+
+
+class RMSNorm(nn.Module):
+    """mamba-ssm's RMSNorm (`ops.triton.layer_norm.RMSNorm`): x / rms(x) * weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """mamba-ssm's gated RMSNorm with norm_before_gate=False: rmsnorm(y * silu(z)) per group."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.group_size = group_size
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        return gated_rmsnorm(y, z, self.weight, self.group_size, self.eps)
+
+
+def gated_rmsnorm(y: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float) -> Tensor:
+    gated = y.float() * F.silu(z.float())
+    grouped = gated.unflatten(-1, (-1, group_size))
+    normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
+    return (normed.flatten(-2) * weight.float()).to(z.dtype)
+
+
+class Mamba2(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        A_init_range: tuple[float, float] = (1, 16),
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        chunk_size: int = 256,
+        backend: str | None = None,
+        layer_idx: int | None = None,
+    ):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        if self.d_inner % headdim:
+            raise ValueError(f"expand * d_model = {self.d_inner} is not a multiple of headdim = {headdim}")
+        self.headdim, self.ngroups = headdim, ngroups
+        self.nheads = self.d_inner // headdim
+        if self.nheads % ngroups:
+            raise ValueError(f"{self.nheads} heads cannot be split into ngroups = {ngroups}")
+        self.chunk_size = chunk_size  # used by mamba-ssm's kernels
+        self.torch_chunk_size = TORCH_CHUNK_SIZE
+        self.backend = None if backend is None else check_backend(backend)
+        self.layer_idx = layer_idx
+
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1)
+
+        # mamba-ssm's initialisation: dt log-uniform in [dt_min, dt_max] stored through the
+        # inverse softplus, A uniform in A_init_range stored as log, D = 1.
+        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.empty(self.nheads).uniform_(*A_init_range).log())
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // ngroups)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+
+    def forward(self, u: Tensor) -> Tensor:
+        """u: (batch, length, d_model) -> (batch, length, d_model)."""
+        if use_mamba_ssm(self.backend, u):
+            return self.forward_mamba_ssm(u)
+        y = ssm_mix([self], self.in_proj(u).unsqueeze(2))  # (b l 1 d_inner)
+        return self.out_proj(y.squeeze(2))
+
+    def forward_mamba_ssm(self, u: Tensor) -> Tensor:
+        """The same computation through mamba-ssm's kernels (CUDA tensors only)."""
+        kernels = mamba_ssm_kernels()
+        zxbcdt = self.in_proj(u)
+        A = -torch.exp(self.A_log.float())
+        if kernels.split_conv1d_scan is not None:  # mamba-ssm's default fused path
+            return kernels.split_conv1d_scan(
+                zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A,
+                D=self.D, chunk_size=self.chunk_size, activation="silu",
+                rmsnorm_weight=self.norm.weight, rmsnorm_eps=self.norm.eps,
+                outproj_weight=self.out_proj.weight, outproj_bias=None,
+                headdim=self.headdim, ngroups=self.ngroups, norm_before_gate=False,
+            )
+        # Without causal-conv1d mamba-ssm itself falls back to nn.Conv1d and the Triton scan.
+        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC = F.silu(causal_conv(xBC.unsqueeze(2), [self]).squeeze(2))
+        x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        y = kernels.chunk_scan(
+            x.unflatten(-1, (self.nheads, self.headdim)), dt, A,
+            B.unflatten(-1, (self.ngroups, self.d_state)), C.unflatten(-1, (self.ngroups, self.d_state)),
+            chunk_size=self.chunk_size, D=self.D, z=None, dt_bias=self.dt_bias, dt_softplus=True,
+        )
+        return self.out_proj(self.norm(y.flatten(-2), z))
+
+
+def causal_conv(xBC: Tensor, mixers: Sequence[Mamba2]) -> Tensor:
+    """Depthwise causal conv of k mixers at once. xBC: (b, l, k, conv_dim), before SiLU."""
+    b, l, k, conv_dim = xBC.shape
+    weight = torch.cat([m.conv1d.weight for m in mixers])  # (k*conv_dim, 1, d_conv)
+    bias = torch.cat([m.conv1d.bias for m in mixers])
+    d_conv = weight.shape[-1]
+    out = F.conv1d(xBC.reshape(b, l, k * conv_dim).transpose(1, 2), weight.to(xBC.dtype), bias.to(xBC.dtype),
+                   padding=d_conv - 1, groups=k * conv_dim)
+    return out[..., :l].transpose(1, 2).reshape(b, l, k, conv_dim)
+
+
+def ssm_mix(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
+    """The part of Mamba2 between in_proj and out_proj, for k mixers of equal shape at once.
+
+    zxbcdt: (b, l, k, d_in_proj), slice i being mixer i's in_proj output -> y: (b, l, k, d_inner).
+    Running k mixers as one scan with k*ngroups groups and k*nheads heads lets the two
+    directions of a bidirectional block share every kernel launch.
+    """
+    m = mixers[0]
+    b, l, k, _ = zxbcdt.shape
+    g, n, h, p = m.ngroups, m.d_state, m.nheads, m.headdim
+    z, xBC, dt = zxbcdt.split([m.d_inner, m.conv_dim, h], dim=-1)
+    xBC = F.silu(causal_conv(xBC, mixers))
+    x, B, C = xBC.split([m.d_inner, g * n, g * n], dim=-1)
+
+    with torch.autocast(device_type=zxbcdt.device.type, enabled=False):  # the scan stays in fp32
+        dt = F.softplus(dt.float() + torch.stack([mx.dt_bias for mx in mixers]).float())  # (b l k h)
+        A = -torch.exp(torch.cat([mx.A_log for mx in mixers]).float())  # (k*h)
+        D = torch.cat([mx.D for mx in mixers]).float()
+        x = x.float().reshape(b, l, k * h, p)
+        dt = dt.reshape(b, l, k * h)
+        y = ssd_chunked(
+            x * dt.unsqueeze(-1), dt, A,
+            B.float().reshape(b, l, k * g, n), C.float().reshape(b, l, k * g, n),
+            chunk_size=m.torch_chunk_size,
+        )
+        y = (y + x * D[:, None]).reshape(b, l, k, m.d_inner)
+
+    weight = torch.stack([mx.norm.weight for mx in mixers])  # (k d_inner)
+    return gated_rmsnorm(y, z, weight, m.norm.group_size, m.norm.eps)
