@@ -1,0 +1,46 @@
+"""The `bsmamba2` entry of the `msst.models` group: build BSMamba2 from an MSST config.
+
+msst-registry calls `build_model(config)` with the YAML loaded as MSST loads it (a
+ConfigDict); MSST's training and inference then use the module as any of its own models.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .model import BSMamba2
+
+
+def _section(config: Any, name: str) -> Mapping[str, Any] | None:
+    section = config[name] if name in config else None
+    if section is not None and not isinstance(section, Mapping) and not hasattr(section, "keys"):
+        raise ValueError(f"{name}: expected a section (mapping), got {type(section).__name__}")
+    return section
+
+
+def check_stems(config: Any, model: BSMamba2) -> None:
+    """MSST expects one output stem per `training.instruments` entry, or one with `training.target_instrument`."""
+    training = _section(config, "training")
+    if training is None:
+        raise ValueError("training: missing section (MSST needs training.instruments)")
+    if "instruments" not in training:
+        raise ValueError("training.instruments: missing (the list of stems, e.g. [vocals, other])")
+    target = training["target_instrument"] if "target_instrument" in training else None
+    instruments = list(training["instruments"])
+    if target:
+        if target not in instruments:
+            raise ValueError(f"training.target_instrument={target!r} is not one of training.instruments={instruments}")
+        expected, why = 1, f"training.target_instrument={target!r}"
+    else:
+        expected, why = len(instruments), f"training.instruments has {len(instruments)} entries"
+    if model.num_stems != expected:
+        raise ValueError(f"model.num_stems={model.num_stems} but {why}: MSST expects {expected} output stem(s)")
+
+
+def build_model(config: Any) -> BSMamba2:
+    """Build BSMamba2 from the `model:` section; the stem count must match the `training:` section."""
+    if _section(config, "model") is None:
+        raise ValueError("model: missing section (BSMamba2's keywords, e.g. dim, depth, num_stems)")
+    model = BSMamba2.from_config(config)
+    check_stems(config, model)
+    return model
