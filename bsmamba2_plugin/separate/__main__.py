@@ -1,0 +1,5 @@
+import sys
+
+from bsmamba2_plugin.separate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,127 @@
+"""``python -m bsmamba2_plugin.separate``: MSST inference.py's command line for BSMamba2."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from bsmamba2_plugin.separate.output_naming import DEFAULT_TEMPLATE, OutputFormat
+
+UNSUPPORTED = {  # MSST flags this command does not implement, refused rather than ignored
+    "use_tta": False,
+    "bigshifts": 1,
+    "draw_spectro": 0,
+    "lora_checkpoint_peft": "",
+    "lora_checkpoint_loralib": "",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bsmamba2_plugin.separate",
+        description="Separate audio files with BSMamba2 (flags and output names as MSST's inference.py).",
+    )
+    parser.add_argument("--model_type", default="bsmamba2", help="only used in --filename_template {model_type}")
+    parser.add_argument("--config_path", required=True, help="MSST YAML config of the BSMamba2 model")
+    parser.add_argument("--start_check_point", default="",
+                        help="checkpoint (.ckpt/.pt/.pth/.safetensors; MSST, plain or Lightning layout)")
+    parser.add_argument("--input_folder", required=True, help="a folder (searched recursively) or one audio file")
+    parser.add_argument("--store_dir", required=True, help="folder for the separated stems")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--device_ids", nargs="+", type=int, default=None,
+                        help="MSST compatibility: the first id selects cuda:N")
+    parser.add_argument("--force_cpu", action="store_true", help="same as --device cpu")
+    parser.add_argument("--extract_instrumental", action="store_true",
+                        help="also write mixture minus vocals (or minus the first stem) as 'instrumental'")
+    parser.add_argument("--disable_detailed_pbar", action="store_true", help="no per-file progress bar")
+    parser.add_argument("--flac_file", action="store_true", help="write FLAC instead of WAV")
+    parser.add_argument("--pcm_type", choices=["PCM_16", "PCM_24", "FLOAT"], default=None,
+                        help="sample format (default: FLOAT for WAV, PCM_24 for FLAC)")
+    parser.add_argument("--filename_template", default=DEFAULT_TEMPLATE,
+                        help="output name without extension; fields {relative_path} {file_name} {dir_name} "
+                             "{instr} {extension} {model_type} {model} {start_time}; '/' makes folders. "
+                             "'{file_name}_{instr}' gives the older MSST names")
+    parser.add_argument("--downmix", action="store_true",
+                        help="average inputs with more than two channels into mono instead of refusing them")
+    parser.add_argument("--use_tta", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bigshifts", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--draw_spectro", type=float, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--lora_checkpoint_peft", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--lora_checkpoint_loralib", default="", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, default in UNSUPPORTED.items():
+        if getattr(args, name) != default:
+            parser.error(f"--{name} is an MSST option that bsmamba2_plugin.separate does not support")
+    output_format = OutputFormat(flac=args.flac_file, pcm_type=args.pcm_type)
+    device = args.device
+    if args.force_cpu:
+        device = "cpu"
+    elif args.device_ids and device in ("auto", "cuda"):
+        device = f"cuda:{args.device_ids[0]}"
+
+    from bsmamba2_plugin.separate.track import Separator, list_inputs
+
+    started = time.time()
+    try:
+        output_format.subtype  # noqa: B018 - validates the format before the model loads
+        inputs = list_inputs(Path(args.input_folder))
+        if not args.start_check_point:
+            print("warning: no --start_check_point given: the model has random weights", file=sys.stderr)
+        separator = Separator(args.config_path, args.start_check_point or None, device=device)
+    except Exception as error:  # noqa: BLE001 - setup errors end the run with one clear line
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Device: {separator.device}. Instruments: {', '.join(separator.instruments)}. "
+          f"Model sample rate: {separator.sample_rate}. Files found: {len(inputs)}.", file=sys.stderr)
+
+    folder_bar = tqdm(total=len(inputs), desc="Total progress", unit="file")
+    bars: list[tqdm] = []
+
+    started_files = [0]
+
+    def on_file(path: Path):
+        for bar in bars:
+            bar.close()
+        bars.clear()
+        folder_bar.n = started_files[0]
+        folder_bar.refresh()
+        started_files[0] += 1
+        if args.disable_detailed_pbar:
+            return None
+        bar = tqdm(total=1, desc=path.name[:40], unit="sample", unit_scale=True, leave=False)
+        bars.append(bar)
+
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.n = done
+            bar.refresh()
+        return progress
+
+    report = separator.separate_folder(
+        args.input_folder, args.store_dir, on_file=on_file,
+        filename_template=args.filename_template, output_format=output_format,
+        extract_instrumental=args.extract_instrumental, downmix=args.downmix, model_type=args.model_type,
+    )
+    for bar in bars:
+        bar.close()
+    folder_bar.n = len(inputs)
+    folder_bar.close()
+    for path, stems in report.written.items():
+        print(f"{path}: " + ", ".join(str(p) for p in stems.values()))
+    print(f"Separated {len(report.written)} of {len(inputs)} file(s) in {time.time() - started:.1f} s.",
+          file=sys.stderr)
+    if report.failed:
+        print(f"{len(report.failed)} file(s) failed:", file=sys.stderr)
+        for path, reason in report.failed.items():
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0
