@@ -28,7 +28,7 @@ def test_config_loads_and_builds(path):
     target = loaded.training.get("target_instrument")
     assert model.num_stems == (1 if target else len(loaded.training.instruments))
     assert model.stft_kwargs["n_fft"] == loaded.model.get("stft_n_fft", 2048)
-    assert loaded.audio.chunk_size > 0 and loaded.training.samplerate == 44100
+    assert loaded.audio.chunk_size > 0 and loaded.audio.get("sample_rate", 44100) == 44100
 
 
 def _variant(path: Path, tmp_path: Path, edit) -> Path:
