@@ -95,8 +95,8 @@ def main() -> None:
         torch.save({"model_state_dict": load_model(config).state_dict()}, work / "tiny.ckpt")
 
         print(f"model rate {args.sample_rate} Hz, file rate {input_rate} Hz, stereo, chunk 16384, overlap 2")
-        print(f"{'minutes':>8} {'frames':>12} {'RSS after load MiB':>19} {'peak RSS MiB':>13} "
-              f"{'growth MiB':>11} {'seconds':>8} {'x realtime':>10}")
+        print(f"{'minutes':>8} {'frames':>12} {'audio MiB':>10} {'peak RSS loaded MiB':>20} "
+              f"{'peak RSS MiB':>13} {'growth MiB':>11} {'seconds':>8} {'x realtime':>10}")
         for minutes in args.minutes:
             audio = work / f"input_{minutes:g}min.wav"
             frames = write_input(audio, minutes, input_rate)
@@ -111,7 +111,8 @@ def main() -> None:
             if written.frames != frames:
                 raise SystemExit(f"{minutes} min: output has {written.frames} frames, input {frames}")
             before, peak = report["before_kib"] / 1024, report["peak_kib"] / 1024
-            print(f"{minutes:>8g} {frames:>12d} {before:>19.1f} {peak:>13.1f} {peak - before:>11.1f} "
+            audio_mib = frames * 2 * 4 / 2**20  # the stereo input as float32, what an in-memory demix holds per copy
+            print(f"{minutes:>8g} {frames:>12d} {audio_mib:>10.1f} {before:>20.1f} {peak:>13.1f} {peak - before:>11.1f} "
                   f"{report['seconds']:>8.1f} {minutes * 60 / report['seconds']:>10.1f}", flush=True)
             audio.unlink()
             for path in (work / "out").rglob("*.wav"):
