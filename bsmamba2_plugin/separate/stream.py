@@ -1,0 +1,119 @@
+"""``python -m bsmamba2_plugin.separate.stream``: fixed-latency separation from a file or stdin.
+
+    ffmpeg -i song.mp3 -f f32le -ac 2 -ar 44100 - | \\
+        python -m bsmamba2_plugin.separate.stream --config_path C --start_check_point K \\
+            --input - --sample_rate 44100 --channels 2 --store_dir out/
+
+Stdin carries raw interleaved PCM (``--raw_format f32le`` or ``s16le``); a file is read with
+libsndfile. The stream's rate must be the model's ``audio.sample_rate``. Stems are written as they
+are produced; at the end the latency and the real-time factor measured here are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+RAW_TYPES = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
+
+
+def raw_blocks(stream, channels: int, dtype: np.dtype, frames: int):
+    frame_bytes = channels * dtype.itemsize
+    leftover = b""
+    while True:
+        data = stream.read(frames * frame_bytes)
+        if not data:
+            break
+        data = leftover + data
+        usable = len(data) - len(data) % frame_bytes
+        leftover = data[usable:]
+        samples = np.frombuffer(data[:usable], dtype=dtype).reshape(-1, channels).T
+        if dtype.kind == "i":
+            samples = samples.astype(np.float32) / 32768.0
+        yield samples.astype(np.float32)
+    if leftover:
+        raise ValueError(f"stdin ended inside a frame ({len(leftover)} stray bytes): wrong --channels or --raw_format?")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bsmamba2_plugin.separate.stream", description=__doc__.splitlines()[0])
+    parser.add_argument("--config_path", required=True)
+    parser.add_argument("--start_check_point", default="")
+    parser.add_argument("--input", required=True, help="an audio file, or - for raw PCM on stdin")
+    parser.add_argument("--store_dir", required=True)
+    parser.add_argument("--name", default=None, help="output name prefix (default: the input's name or 'stream')")
+    parser.add_argument("--sample_rate", type=int, help="stdin: sample rate (must be the model's)")
+    parser.add_argument("--channels", type=int, help="stdin: channel count (1 or 2)")
+    parser.add_argument("--raw_format", choices=sorted(RAW_TYPES), default="f32le")
+    parser.add_argument("--block_seconds", type=float, default=0.1, help="how much is read at a time")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    from bsmamba2_plugin.separate.stem_writer import AtomicAudioFile
+    from bsmamba2_plugin.separate.streaming import StreamingSeparator
+    from bsmamba2_plugin.separate.track import Separator
+
+    try:
+        separator = Separator(args.config_path, args.start_check_point or None, device=args.device)
+        rate = separator.sample_rate
+        if args.input == "-":
+            if args.sample_rate is None or args.channels is None:
+                raise ValueError("reading stdin needs --sample_rate and --channels")
+            stream_rate, channels = args.sample_rate, args.channels
+            blocks = raw_blocks(sys.stdin.buffer, channels, RAW_TYPES[args.raw_format],
+                                max(1, int(args.block_seconds * stream_rate)))
+            name = args.name or "stream"
+        else:
+            info = sf.info(args.input)
+            stream_rate, channels = info.samplerate, info.channels
+            blocks = (b.T for b in sf.blocks(args.input, blocksize=max(1, int(args.block_seconds * stream_rate)),
+                                              dtype="float32", always_2d=True))
+            name = args.name or Path(args.input).stem
+        if stream_rate != rate:
+            raise ValueError(f"the stream is at {stream_rate} Hz but the model runs at {rate} Hz; "
+                             f"convert first (e.g. ffmpeg -ar {rate}) or use python -m bsmamba2_plugin.separate")
+        streamer = StreamingSeparator(separator.model, separator.config, channels, separator.device)
+    except Exception as error:  # noqa: BLE001 - setup errors end the run with one clear line
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    out_channels = channels
+    files = {stem: AtomicAudioFile(Path(args.store_dir) / f"{name}_{stem}.wav", rate, out_channels, "FLOAT", "WAV")
+             for stem in separator.instruments}
+    compute = 0.0
+    try:
+        for block in blocks:
+            started = time.perf_counter()
+            out = streamer.push(block)
+            compute += time.perf_counter() - started
+            for k, stem in enumerate(separator.instruments):
+                files[stem].write(out[k])
+        started = time.perf_counter()
+        out = streamer.finish()
+        compute += time.perf_counter() - started
+        for k, stem in enumerate(separator.instruments):
+            files[stem].write(out[k])
+            files[stem].commit()
+    except BaseException as error:
+        for audio in files.values():
+            audio.abort()
+        if isinstance(error, Exception):
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        raise
+    seconds = streamer.received / rate
+    print(f"Latency: {streamer.latency_samples} samples = {streamer.latency_samples / rate:.3f} s of audio "
+          f"(chunk_size {streamer.chunk}, step {streamer.step}) plus compute per chunk. "
+          f"Real-time factor: {compute / seconds:.3f} (compute {compute:.2f} s for {seconds:.2f} s of audio, "
+          f"device {separator.device}).", file=sys.stderr)
+    for path in (audio.path for audio in files.values()):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
