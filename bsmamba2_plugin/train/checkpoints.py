@@ -1,0 +1,90 @@
+"""Training checkpoints in MSST's format and names, written atomically.
+
+MSST's keys: model_state_dict, optimizer_state_dict, scheduler_state_dict, epoch,
+best_metric, all_metrics, all_losses, optimizer_name. MSST's train.py, inference.py and
+valid.py and `bsmamba2_plugin.checkpoint.load_model` read `model_state_dict`.
+
+`model_state_dict` holds the EMA weights when training.ema_momentum > 0: they are the
+weights validated, selected as best and meant for inference (the paper evaluates its EMA
+weights). The raw weights the optimizer works on are in `raw_model_state_dict`, so a
+resume continues exactly; with EMA off both are the same and only `model_state_dict` is
+written. Everything is plain tensors/numbers/strings, loadable with weights_only=True.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MODEL_TYPE = "bsmamba2"
+FORMAT_VERSION = 1
+
+
+def last_checkpoint_path(results_path: str | os.PathLike[str]) -> Path:
+    return Path(results_path) / f"last_{MODEL_TYPE}.ckpt"
+
+
+def best_checkpoint_path(results_path: str | os.PathLike[str], epoch: int, metric: str, value: float) -> Path:
+    return Path(results_path) / f"model_{MODEL_TYPE}_ep_{epoch}_{metric}_{value:.4f}.ckpt"
+
+
+def save_atomically(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """torch.save to a temporary file in the same folder, flush + fsync, then rename over `path`.
+
+    A kill at any moment leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+    return path
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch generator states, as weights_only-loadable values."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint written by this trainer (or by MSST), without executing code from it."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)

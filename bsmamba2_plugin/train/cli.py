@@ -1,0 +1,122 @@
+"""`python -m bsmamba2_plugin.train`: MSST's train.py command line, for BSMamba2.
+
+With no arguments: the small vocals config on the built-in generated demo dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from bsmamba2_plugin.checkpoint import CheckpointError
+from bsmamba2_plugin.config import ConfigError
+
+from .errors import NonFiniteLossError, TrainingConfigError, TrainingDataError
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "bsmamba2_vocals_small.yaml"
+DEMO_RESULTS = Path("results") / "bsmamba2_demo"
+
+# MSST train.py options this trainer does not implement, and why.
+MSST_ONLY_FLAGS = {
+    "--loss": "the paper's loss (10 x L1 + multi-resolution STFT L1) is always used",
+    "--wandb_key": "logging goes to TensorBoard", "--wandb_offline": "logging goes to TensorBoard",
+    "--train_lora_peft": "LoRA is not implemented", "--train_lora_loralib": "LoRA is not implemented",
+    "--lora_checkpoint_peft": "LoRA is not implemented", "--lora_checkpoint_loralib": "LoRA is not implemented",
+    "--freeze_layers": "layer freezing is not implemented", "--safe_mode": "errors are never silently skipped",
+    "--use_standard_loss": "the paper's loss is always used",
+    "--set_per_process_memory_fraction": "not implemented", "--load_only_compatible_weights": "weights must fit",
+    "--each_metrics_in_name": "not implemented", "--save_weights_every_epoch": "not implemented",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bsmamba2_plugin.train",
+        description="Train BSMamba2 on MSST datasets with MSST configs; checkpoints load in MSST. "
+                    "With no arguments: a short demo on a generated dataset with configs/bsmamba2_vocals_small.yaml.",
+    )
+    msst = p.add_argument_group("MSST train.py flags (same meaning)")
+    msst.add_argument("--model_type", default=None, help="must be bsmamba2 (training.model_type wins, as in MSST)")
+    msst.add_argument("--config_path", help="MSST YAML config")
+    msst.add_argument("--start_check_point", default="", help="initial weights (any MSST/Lightning/plain layout)")
+    for name in ("optimizer", "scheduler", "epoch", "best_metric", "all_metrics", "all_losses"):
+        msst.add_argument(f"--load_{name}", action="store_true", help=f"also take {name} from --start_check_point")
+    msst.add_argument("--results_path", help="folder for checkpoints, CSV and TensorBoard logs")
+    msst.add_argument("--data_path", nargs="+", help="training folders of <track>/<instrument>.wav|.flac")
+    msst.add_argument("--dataset_type", type=int, default=1,
+                      help="1 random mix, 4 aligned (built in); others through the msst package")
+    msst.add_argument("--valid_path", nargs="+", help="validation folders of <track>/mixture.wav + stems")
+    msst.add_argument("--num_workers", type=int, default=0)
+    msst.add_argument("--pin_memory", action="store_true")
+    msst.add_argument("--persistent_workers", action="store_true")
+    msst.add_argument("--prefetch_factor", type=int, default=None)
+    msst.add_argument("--seed", type=int, default=0)
+    msst.add_argument("--device_ids", nargs="+", type=int, default=[0],
+                      help="GPU id; for several GPUs launch with torchrun (one process per GPU)")
+    msst.add_argument("--pre_valid", action="store_true", help="validate before training")
+    msst.add_argument("--metrics", nargs="+", default=["sdr"], choices=["sdr", "csdr", "leakage"],
+                      help="accepted for MSST compatibility; sdr (uSDR), csdr and leakage are always computed")
+    msst.add_argument("--metric_for_scheduler", default="sdr", choices=["sdr", "csdr", "leakage"],
+                      help="selects the best checkpoint and drives ReduceLROnPlateau (leakage: lower is better)")
+    own = p.add_argument_group("bsmamba2_plugin.train flags")
+    own.add_argument("--save_every_steps", type=int, default=100,
+                     help="also write last_bsmamba2.ckpt every N optimizer steps (0: only at epoch ends)")
+    own.add_argument("--fresh", action="store_true",
+                     help="ignore last_bsmamba2.ckpt in --results_path and start over (default: resume from it)")
+    own.add_argument("--max_nonfinite_in_row", type=int, default=20,
+                     help="stop after this many non-finite losses or gradients in a row")
+    own.add_argument("--force_cpu", action="store_true", help="train on CPU even when CUDA is available")
+    own.add_argument("--no_tensorboard", action="store_true")
+    own.add_argument("--no_progress", action="store_true", help="no progress bars")
+    own.add_argument("--demo_data_dir", default=None,
+                     help="where the demo dataset is cached (default ~/.cache/bsmamba2_plugin or $BSMAMBA2_CACHE)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    for flag, reason in MSST_ONLY_FLAGS.items():
+        if any(a == flag or a.startswith(flag + "=") for a in argv):
+            parser.error(f"{flag} is an MSST train.py option that bsmamba2_plugin.train does not implement: {reason}")
+    args = parser.parse_args(argv)
+    if args.config_path is None and args.data_path is None:
+        args.demo = True
+        if not DEMO_CONFIG.is_file():
+            parser.error(f"the demo config {DEMO_CONFIG} is missing (installed without the repository's configs/); "
+                         f"pass --config_path and --data_path")
+        from .demo_data import ensure_demo_dataset
+
+        started = time.time()
+        root = ensure_demo_dataset(args.demo_data_dir)
+        print(f"Demo: {DEMO_CONFIG.name} on the generated dataset in {root} ({time.time() - started:.1f} s)",
+              flush=True)
+        args.config_path = str(DEMO_CONFIG)
+        args.data_path = [str(root / "train")]
+        args.valid_path = args.valid_path or [str(root / "valid")]
+        args.results_path = args.results_path or str(DEMO_RESULTS)
+    else:
+        args.demo = False
+        missing = [f for f, v in (("--config_path", args.config_path), ("--data_path", args.data_path),
+                                  ("--results_path", args.results_path)) if not v]
+        if missing:
+            parser.error(f"{' and '.join(missing)} required (or pass no arguments at all for the demo run)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from .trainer import Trainer
+
+    trainer = None
+    try:
+        trainer = Trainer(args)
+        trainer.run()
+    except (TrainingDataError, TrainingConfigError, ConfigError, CheckpointError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if trainer is not None:
+            trainer.close()
+    return 0

@@ -1,0 +1,496 @@
+"""The training run: MSST's loop with the paper's recipe, resumable at any optimizer step.
+
+State that a resume restores (all in `last_bsmamba2.ckpt`): raw and EMA weights, optimizer,
+scheduler, grad scaler, epoch, batches done in the epoch, optimizer steps, whether the
+epoch's validation ran, best metric, metric and loss history, RNG states and the skip
+counters. Training examples are a function of (seed, epoch, index), so the data after a
+resume are the data the uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from bsmamba2_plugin.checkpoint import load_weights, read_state_dict
+from bsmamba2_plugin.config import load_config
+from bsmamba2_plugin.model import BSMamba2
+
+from .checkpoints import (
+    FORMAT_VERSION,
+    MODEL_TYPE,
+    best_checkpoint_path,
+    capture_rng_state,
+    last_checkpoint_path,
+    read_training_checkpoint,
+    restore_rng_state,
+    save_atomically,
+)
+from .dataset import COUNTER_NAMES, MSSTrainingDataset, SeededMSSTDataset
+from .distributed import DistributedContext
+from .ema import WeightEMA
+from .errors import NonFiniteLossError, TrainingConfigError
+from .loss import PaperLoss
+from .optimizers import build_optimizer, build_scheduler
+from .tensorboard_log import ScalarLog
+from .validation import METRICS, append_csv, find_validation_tracks, report_text, timed_validation
+
+
+class EpochBatches(Sampler[int]):
+    """Example indices of one epoch for this process, from batch `start` on.
+
+    Global batch b of the epoch is examples [(b * world + rank) * batch, ... + batch) on each rank.
+    """
+
+    def __init__(self, num_steps: int, batch_size: int, rank: int, world_size: int, start: int):
+        self.num_steps, self.batch_size, self.rank, self.world_size, self.start = (
+            num_steps, batch_size, rank, world_size, start)
+
+    def __iter__(self):
+        for b in range(self.start, self.num_steps):
+            base = (b * self.world_size + self.rank) * self.batch_size
+            yield from range(base, base + self.batch_size)
+
+    def __len__(self) -> int:
+        return max(self.num_steps - self.start, 0) * self.batch_size
+
+
+@dataclass
+class RunState:
+    epoch: int = 0
+    batches_done: int = 0          # of the current epoch, always at an optimizer-step boundary
+    global_step: int = 0           # optimizer steps taken
+    epoch_validated: bool = False
+    best_metric: float = -math.inf  # in the metric's own unit (sign handled by `better`)
+    all_metrics: dict[str, Any] = field(default_factory=dict)
+    all_losses: dict[str, list[float]] = field(default_factory=dict)
+    nonfinite_skipped: int = 0
+    data_counters: list[int] = field(default_factory=lambda: [0] * len(COUNTER_NAMES))
+
+
+def required(section: Any, name: str, key: str) -> Any:
+    if key not in section:
+        raise TrainingConfigError(f"the config has no {name}.{key}, which training needs")
+    return section[key]
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.dist = DistributedContext.from_environment()
+        self.out = sys.stdout if self.dist.is_main else open(os.devnull, "w")
+        self.config = load_config(args.config_path)
+        training = required(self.config, "", "training")
+        model_type = training.get("model_type", args.model_type or MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise TrainingConfigError(
+                f"training.model_type / --model_type is {model_type!r}; bsmamba2_plugin.train trains only "
+                f"{MODEL_TYPE!r} (use MSST's train.py for other models)"
+            )
+        for key in ("instruments", "batch_size", "num_steps", "num_epochs", "lr"):
+            required(training, "training", key)
+        self.chunk_size = int(required(self.config.audio, "audio", "chunk_size"))
+        self.batch_size = int(training.batch_size)
+        self.num_steps = int(training.num_steps)
+        self.num_epochs = int(training.num_epochs)
+        self.accumulation = max(int(training.get("gradient_accumulation_steps", 1)), 1)
+        self.grad_clip = float(training.get("grad_clip", 0) or 0)
+        self.normalize = bool(training.get("normalize", False))
+        self.results_path = Path(args.results_path)
+        self.metric = args.metric_for_scheduler
+        if self.metric not in METRICS:
+            raise TrainingConfigError(f"--metric_for_scheduler {self.metric!r}: choose one of {sorted(METRICS)}")
+
+        self.device = self._pick_device()
+        self.autocast_dtype = self._autocast_dtype(training)
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+
+        self.model = BSMamba2.from_config(self.config).to(self.device)
+        if args.start_check_point:
+            load_weights(self.model, read_state_dict(args.start_check_point),
+                         origin=f"--start_check_point {args.start_check_point}")
+            self._print(f"Loaded weights from {args.start_check_point}")
+        self.loss_fn = PaperLoss(self.model.loss_settings, float(training.get("waveform_loss_weight", 10.0)))
+        self.loss_fn.check_length(self.chunk_size)
+        self.loss_fn.to(self.device)
+        self.optimizer = build_optimizer(self.config, self.model.parameters())
+        self.scheduler = build_scheduler(self.config, self.optimizer)
+        decay = float(training.get("ema_momentum", 0) or 0)
+        self.ema = WeightEMA(self.model, decay) if decay > 0 else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.state = RunState()
+
+        self.dataset = self._build_dataset()
+        self.valid_tracks = []
+        if args.valid_path:
+            instruments = self._validated_instruments()
+            self.valid_tracks = find_validation_tracks(args.valid_path, instruments,
+                                                       int(self.config.audio.get("sample_rate", 44100)))
+        else:
+            self._print("No --valid_path: no validation, no best checkpoint; last_bsmamba2.ckpt is still written")
+
+        self.resumed_from = self._resume_or_start()
+        self.train_model: nn.Module = self.model
+        if self.dist.enabled:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.log = ScalarLog(self.results_path / "tensorboard", enabled=self.dist.is_main and not args.no_tensorboard)
+
+    # ----------------------------------------------------------------- setup
+    def _print(self, *parts: Any, end: str = "\n") -> None:
+        print(*parts, file=self.out, flush=True, end=end)
+
+    def _pick_device(self) -> torch.device:
+        if self.args.force_cpu or not torch.cuda.is_available():
+            if self.args.device_ids and len(self.args.device_ids) > 1 and not self.dist.enabled:
+                raise TrainingConfigError("several --device_ids need CUDA; on CPU run one process (or torchrun)")
+            return torch.device("cpu")
+        if self.dist.enabled:
+            torch.cuda.set_device(self.dist.local_rank)
+            return torch.device("cuda", self.dist.local_rank)
+        if len(self.args.device_ids) > 1:
+            raise TrainingConfigError(
+                f"--device_ids {self.args.device_ids}: for several GPUs launch with torchrun, e.g. "
+                f"`torchrun --nproc_per_node {len(self.args.device_ids)} -m bsmamba2_plugin.train ...` "
+                f"(DistributedDataParallel; MSST's DataParallel mode is not implemented)"
+            )
+        return torch.device("cuda", self.args.device_ids[0])
+
+    def _autocast_dtype(self, training: Any) -> torch.dtype | None:
+        if not training.get("use_amp", False):
+            return None
+        if self.device.type != "cuda":
+            self._print("training.use_amp: mixed precision is for CUDA; training on CPU runs in float32")
+            return None
+        name = str(training.get("amp_dtype", "bfloat16"))
+        dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+        if name not in dtypes:
+            raise TrainingConfigError(f"training.amp_dtype={name!r}: choose bfloat16 or float16")
+        return dtypes[name]
+
+    def _validated_instruments(self) -> list[str]:
+        target = self.config.training.get("target_instrument", None)
+        return [target] if target else list(self.config.training.instruments)
+
+    def _build_dataset(self):
+        examples = self.num_steps * self.batch_size * self.dist.world_size
+        if self.args.dataset_type in (1, 4):
+            dataset = MSSTrainingDataset(self.config, self.args.data_path, self.args.dataset_type, examples,
+                                         self.args.seed)
+            self._print(f"Training data: {dataset.report.summary()}")
+            return dataset
+        return SeededMSSTDataset(self.config, self.args.data_path, self.args.dataset_type, examples, self.args.seed,
+                                 str(self.results_path / f"metadata_{self.args.dataset_type}.pkl"))
+
+    def _resume_or_start(self) -> Path | None:
+        last = last_checkpoint_path(self.results_path)
+        if self.args.fresh or not last.is_file():
+            self._apply_msst_start_flags()
+            return None
+        checkpoint = read_training_checkpoint(last)
+        if checkpoint.get("trainer_format") != FORMAT_VERSION:
+            raise TrainingConfigError(
+                f"{last} was not written by bsmamba2_plugin.train (format {checkpoint.get('trainer_format')}); "
+                f"pass --fresh to start over in {self.results_path}, or use another --results_path"
+            )
+        raw = checkpoint.get("raw_model_state_dict", checkpoint["model_state_dict"])
+        load_weights(self.model, raw, origin=f"resume checkpoint {last}")
+        self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint["model_state_dict"], checkpoint.get("ema_updates", 0))
+        if checkpoint.get("scaler_state_dict"):
+            self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
+        s = self.state
+        s.epoch, s.batches_done, s.global_step = checkpoint["epoch"], checkpoint["batches_done"], checkpoint["global_step"]
+        s.epoch_validated = checkpoint["epoch_validated"]
+        s.best_metric = checkpoint["best_metric"]
+        s.all_metrics, s.all_losses = checkpoint["all_metrics"], checkpoint["all_losses"]
+        s.nonfinite_skipped = checkpoint["nonfinite_skipped"]
+        s.data_counters = list(checkpoint["data_counters"])
+        restore_rng_state(checkpoint["rng_state"])
+        stored = checkpoint.get("config", {})
+        now = self.config.to_dict()
+        changed = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+        if changed:
+            warnings.warn(f"resuming with a config that differs from the checkpoint's in section(s) {changed}")
+        self._print(f"Resuming from {last}: epoch {s.epoch}, batch {s.batches_done}/{self.num_steps}, "
+                    f"optimizer step {s.global_step}")
+        return last
+
+    def _apply_msst_start_flags(self) -> None:
+        """MSST's --load_* flags: take more than the weights from --start_check_point."""
+        a = self.args
+        wanted = (a.load_optimizer, a.load_scheduler, a.load_epoch, a.load_best_metric, a.load_all_metrics,
+                  a.load_all_losses)
+        if not a.start_check_point or not any(wanted):
+            return
+        checkpoint = read_training_checkpoint(a.start_check_point)
+        if a.load_optimizer and "optimizer_state_dict" in checkpoint:
+            self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        if a.load_scheduler and checkpoint.get("scheduler_state_dict"):
+            self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+        if a.load_epoch and "epoch" in checkpoint:
+            self.state.epoch = int(checkpoint["epoch"]) + 1
+        if a.load_best_metric and "best_metric" in checkpoint:
+            self.state.best_metric = float(checkpoint["best_metric"])
+        if a.load_all_metrics and "all_metrics" in checkpoint:
+            self.state.all_metrics = dict(checkpoint["all_metrics"])
+        if a.load_all_losses and "all_losses" in checkpoint:
+            self.state.all_losses = dict(checkpoint["all_losses"])
+
+    # ----------------------------------------------------------- checkpoints
+    def checkpoint_payload(self) -> dict[str, Any]:
+        s = self.state
+        raw = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        payload: dict[str, Any] = {
+            "model_state_dict": self.ema.state_dict() if self.ema is not None else raw,
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict(),
+            "epoch": s.epoch,
+            "best_metric": s.best_metric,
+            "all_metrics": s.all_metrics,
+            "all_losses": s.all_losses,
+            "optimizer_name": type(self.optimizer).__name__,
+            "model_state_dict_holds": "ema" if self.ema is not None else "raw",
+            "scaler_state_dict": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "global_step": s.global_step,
+            "batches_done": s.batches_done,
+            "epoch_validated": s.epoch_validated,
+            "nonfinite_skipped": s.nonfinite_skipped,
+            "data_counters": list(s.data_counters),
+            "rng_state": capture_rng_state(),
+            "config": self.config.to_dict(),
+            "model_type": MODEL_TYPE,
+            "trainer_format": FORMAT_VERSION,
+        }
+        if self.ema is not None:
+            payload["raw_model_state_dict"] = raw
+            payload["ema_updates"] = self.ema.updates
+        return payload
+
+    def save_last(self) -> None:
+        if self.dist.is_main:
+            save_atomically(self.checkpoint_payload(), last_checkpoint_path(self.results_path))
+
+    # -------------------------------------------------------------- training
+    def run(self) -> RunState:
+        args, s = self.args, self.state
+        self.results_path.mkdir(parents=True, exist_ok=True)
+        self._print_header()
+        started = time.time()
+        if args.pre_valid and self.resumed_from is None and self.valid_tracks:
+            self.validate_and_select(epoch=-1)
+        try:
+            while s.epoch < self.num_epochs:
+                if s.batches_done < self.num_steps:
+                    self.train_epoch()
+                if not s.epoch_validated:
+                    self.validate_and_select(s.epoch)
+                s.epoch += 1
+                s.batches_done = 0
+                s.epoch_validated = False
+        finally:
+            self.log.close()
+        self._print_summary(time.time() - started)
+        return s
+
+    def _print_header(self) -> None:
+        eff = self.batch_size * self.accumulation * self.dist.world_size
+        self._print(
+            f"Instruments: {list(self.config.training.instruments)}"
+            f" (target: {self.config.training.get('target_instrument', None)})\n"
+            f"Metric for best checkpoint and scheduler: {self.metric}\n"
+            f"Batch size: {self.batch_size} Grad accum steps: {self.accumulation} Processes: {self.dist.world_size} "
+            f"Effective batch size: {eff}\n"
+            f"Dataset type: {self.args.dataset_type} Chunk: {self.chunk_size} samples\n"
+            f"Optimizer: {self.config.training.get('optimizer', 'adam')} lr {self.config.training.lr} "
+            f"Device: {self.device} Precision: {self.autocast_dtype or torch.float32}\n"
+            f"Model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters\n"
+            f"Train for: {self.num_epochs} epochs x {self.num_steps} batches; results in {self.results_path}"
+        )
+        if self.state.epoch >= self.num_epochs:
+            self._print(f"Training already complete ({self.num_epochs} epochs) in {self.results_path}; "
+                        f"pass --fresh to start over or raise training.num_epochs to continue")
+
+    def _loader(self) -> DataLoader:
+        a = self.args
+        self.dataset.set_epoch(self.state.epoch)
+        sampler = EpochBatches(self.num_steps, self.batch_size, self.dist.rank, self.dist.world_size,
+                               self.state.batches_done)
+        extra = {}
+        if a.num_workers > 0:
+            extra = dict(persistent_workers=a.persistent_workers, prefetch_factor=a.prefetch_factor)
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=a.num_workers,
+                          pin_memory=a.pin_memory, **extra)
+
+    def _forward_loss(self, mixture: torch.Tensor, stems: torch.Tensor) -> torch.Tensor:
+        if self.normalize:  # MSST's normalize_batch
+            mean, std = mixture.mean(), mixture.std()
+            if std != 0:
+                mixture, stems = (mixture - mean) / std, (stems - mean) / std
+        with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            estimate = self.train_model(mixture)
+        return self.loss_fn(estimate, stems)
+
+    def train_epoch(self) -> None:
+        s, a = self.state, self.args
+        self.train_model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self._print(f"Train epoch: {s.epoch} Learning rate: {lr}")
+        losses = s.all_losses.setdefault(f"epoch_{s.epoch}", [])
+        in_row = 0
+        window_bad = False
+        bar = tqdm(total=self.num_steps, initial=s.batches_done, desc=f"epoch {s.epoch}", dynamic_ncols=True,
+                   disable=not self.dist.is_main or a.no_progress, file=sys.stdout)
+        self.optimizer.zero_grad(set_to_none=True)
+        for offset, (stems, mixture, counters) in enumerate(self._loader()):
+            index = s.batches_done + offset  # batch index within the epoch
+            boundary = (index + 1) % self.accumulation == 0 or index + 1 == self.num_steps
+            for k, value in enumerate(counters.sum(0).tolist()):
+                s.data_counters[k] += int(value)
+            mixture = mixture.to(self.device, non_blocking=True)
+            stems = stems.to(self.device, non_blocking=True)
+            sync = boundary or not self.dist.enabled
+            context = self.train_model.no_sync() if not sync else nullcontext()
+            with context:
+                loss = self._forward_loss(mixture, stems)
+                finite, mean_loss = self.dist.all_finite_and_mean(loss)
+                if finite:
+                    self.scaler.scale(loss / self.accumulation).backward()
+            if finite:
+                in_row = 0
+                losses.append(mean_loss)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", avg_loss=f"{np.mean(losses):.4f}")
+            else:
+                window_bad = True
+                in_row += 1
+                s.nonfinite_skipped += 1
+                self._print(f"\nnon-finite loss at epoch {s.epoch} batch {index}: skipped "
+                            f"({in_row} in a row, {s.nonfinite_skipped} in all)")
+                if in_row >= a.max_nonfinite_in_row:
+                    raise NonFiniteLossError(self._nonfinite_message(in_row))
+            bar.update(1)
+            if not boundary:
+                continue
+            stepped = False
+            if not window_bad:
+                stepped = self._optimizer_step()
+                if not stepped and not self.scaler.is_enabled():
+                    in_row += 1
+                    s.nonfinite_skipped += 1
+                    if in_row >= a.max_nonfinite_in_row:
+                        raise NonFiniteLossError(self._nonfinite_message(in_row))
+            self.optimizer.zero_grad(set_to_none=True)
+            window_bad = False
+            s.batches_done = index + 1
+            if stepped:
+                s.global_step += 1
+                self.log.scalars(s.global_step, {"train/loss": mean_loss, "train/lr": self.optimizer.param_groups[0]["lr"],
+                                                 "train/nonfinite_skipped": s.nonfinite_skipped})
+                if a.save_every_steps > 0 and s.global_step % a.save_every_steps == 0:
+                    self.save_last()
+        bar.close()
+        s.batches_done = self.num_steps
+        if losses:
+            self._print(f"Training loss: {np.mean(losses):.6f}")
+            self.log.scalars(s.global_step, {"train/epoch_loss": float(np.mean(losses))})
+        self.save_last()
+
+    def _optimizer_step(self) -> bool:
+        """Unscale, clip, step, EMA. False when the gradient is not finite (the step is skipped)."""
+        self.scaler.unscale_(self.optimizer)
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip if self.grad_clip > 0 else math.inf)
+        finite = bool(torch.isfinite(norm))
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips by itself on overflow, and lowers the scale
+            self.scaler.update()
+        elif finite:
+            self.optimizer.step()
+        if finite and self.ema is not None:
+            self.ema.update(self.model)
+        if finite:
+            self.log.scalars(self.state.global_step + 1, {"train/grad_norm": float(norm)})
+        return finite
+
+    def _nonfinite_message(self, in_row: int) -> str:
+        last = last_checkpoint_path(self.results_path)
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"
+        return (f"{in_row} non-finite losses/gradients in a row (epoch {self.state.epoch}); stopping. {kept} "
+                f"(unchanged). Check the data for NaN/inf samples, lower training.lr, or raise "
+                f"--max_nonfinite_in_row.")
+
+    # ------------------------------------------------------------ validation
+    def validation_model(self) -> nn.Module:
+        if self.ema is None:
+            return self.model
+        if not hasattr(self, "_ema_model"):
+            self._ema_model = copy.deepcopy(self.model)
+        self.ema.copy_to(self._ema_model)
+        return self._ema_model
+
+    def validate_and_select(self, epoch: int) -> None:
+        s = self.state
+        value = math.nan
+        if self.valid_tracks and self.dist.is_main:
+            result, seconds = timed_validation(self.validation_model(), self.valid_tracks, self.config, self.device,
+                                               progress=not self.args.no_progress)
+            self._print(report_text(result, seconds), end="")
+            csv_path = append_csv(self.results_path, epoch, result)
+            value = result.average(self.metric)
+            if epoch >= 0:
+                s.all_metrics[f"epoch_{epoch}"] = result.per_instrument()
+            for instrument, metrics in result.per_instrument().items():
+                self.log.scalars(s.global_step, {f"valid/{instrument}/{k}": v for k, v in metrics.items()})
+            self.log.scalars(s.global_step, {f"valid/avg_{self.metric}": value})
+            self._print(f"Validation metrics appended to {csv_path}")
+        value = float(self.dist.broadcast(value))
+        if epoch < 0 or math.isnan(value):
+            s.epoch_validated = True
+            if epoch >= 0:
+                self.save_last()
+            return
+        higher_better = METRICS[self.metric][1]
+        score = value if higher_better else -value
+        best_score = s.best_metric if higher_better else -s.best_metric
+        if s.best_metric == -math.inf or score > best_score:
+            s.best_metric = value
+            s.epoch_validated = True
+            if self.dist.is_main:
+                path = best_checkpoint_path(self.results_path, epoch, self.metric, value)
+                self._print(f"Store weights: {path}")
+                save_atomically(self.checkpoint_payload(), path)
+        self.scheduler.step(score)
+        s.epoch_validated = True
+        self.save_last()
+
+    def _print_summary(self, seconds: float) -> None:
+        s = self.state
+        counters = ", ".join(f"{n.replace('_', ' ')}: {v}" for n, v in zip(COUNTER_NAMES, s.data_counters))
+        self._print(
+            f"Done: {s.global_step} optimizer steps, {s.nonfinite_skipped} non-finite batches skipped, "
+            f"{seconds:.1f} s this session.\nData: {counters}; "
+            f"files skipped at start: {len(getattr(self.dataset.report, 'skipped', []))}.\n"
+            f"Best {self.metric}: {s.best_metric:.4f}. Last checkpoint: {last_checkpoint_path(self.results_path)}"
+        )
+
+    def close(self) -> None:
+        self.dist.close()
