@@ -121,21 +121,21 @@ class BidirectionalMamba(nn.Module):
     def both_directions_fused(self, x: Tensor) -> Tensor:
         """The two Blocks of `forward` as one computation (PyTorch path).
 
-        RMSNorm's weight folds into in_proj, so both in_proj run as one GEMM on x / rms(x);
-        the backward half is reversed in time and both scan together as one Mamba2 with
-        twice the heads and groups.
+        RMSNorm's weight folds into in_proj, so both directions project x / rms(x); the
+        backward direction gets the time-reversed input, and both run as one batch.
         """
-        fwd, bwd = self.forward_blocks[0].mixer, self.backward_blocks[0].mixer
-        norms = (self.forward_blocks[0].norm, self.backward_blocks[0].norm)
+        blocks = (self.forward_blocks[0], self.backward_blocks[0])
+        mixers = [block.mixer for block in blocks]
+        b, l, d = x.shape
         x32 = x.float()
-        x_hat = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norms[0].eps)).to(x.dtype)
-        w_in = torch.cat([fwd.in_proj.weight * norms[0].weight, bwd.in_proj.weight * norms[1].weight])
-        zxbcdt = F.linear(x_hat, w_in).unflatten(-1, (2, -1))  # (b l 2 d_in_proj)
-        zxbcdt = torch.stack([zxbcdt[:, :, 0], zxbcdt[:, :, 1].flip(1)], dim=2)
-        y = ssm_mix([fwd, bwd], zxbcdt)  # (b l 2 d_inner)
-        out_fwd = fwd.out_proj(y[:, :, 0])
-        out_bwd = bwd.out_proj(y[:, :, 1]).flip(1)
-        return torch.cat([x + out_fwd, x + out_bwd], dim=-1)
+        x_hat = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + blocks[0].norm.eps)).to(x.dtype)
+        inputs = torch.stack([x_hat, x_hat.flip(1)]).view(2, b * l, d)
+        w_in = torch.stack([mx.in_proj.weight * block.norm.weight for mx, block in zip(mixers, blocks)])
+        zxbcdt = torch.bmm(inputs, w_in.transpose(1, 2).to(inputs.dtype)).view(2, b, l, -1)
+        y = ssm_mix(mixers, zxbcdt)  # (2 b l d_inner)
+        w_out = torch.stack([mx.out_proj.weight for mx in mixers]).transpose(1, 2).to(y.dtype)
+        out = torch.bmm(y.view(2, b * l, -1), w_out).view(2, b, l, d)
+        return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)
 
 
 class BSMamba2(nn.Module):

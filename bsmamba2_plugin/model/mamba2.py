@@ -54,10 +54,9 @@ class GatedRMSNorm(nn.Module):
 
 
 def gated_rmsnorm(y: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float) -> Tensor:
-    gated = y.float() * F.silu(z.float())
-    grouped = gated.unflatten(-1, (-1, group_size))
-    normed = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
-    return (normed.flatten(-2) * weight.float()).to(z.dtype)
+    gated = (y.float() * F.silu(z.float())).unflatten(-1, (-1, group_size))
+    rms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True) * group_size**-0.5  # one read, no squares kept
+    return (gated * torch.rsqrt(rms.square() + eps)).flatten(-2).mul(weight.float()).to(z.dtype)
 
 
 class Mamba2(nn.Module):
@@ -111,8 +110,8 @@ class Mamba2(nn.Module):
         """u: (batch, length, d_model) -> (batch, length, d_model)."""
         if use_mamba_ssm(self.backend, u):
             return self.forward_mamba_ssm(u)
-        y = ssm_mix([self], self.in_proj(u).unsqueeze(2))  # (b l 1 d_inner)
-        return self.out_proj(y.squeeze(2))
+        y = ssm_mix([self], self.in_proj(u).unsqueeze(0))  # (1 b l d_inner)
+        return self.out_proj(y.squeeze(0))
 
     def forward_mamba_ssm(self, u: Tensor) -> Tensor:
         """The same computation through mamba-ssm's kernels (CUDA tensors only)."""
@@ -129,7 +128,7 @@ class Mamba2(nn.Module):
             )
         # Without causal-conv1d mamba-ssm itself falls back to nn.Conv1d and the Triton scan.
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC = F.silu(causal_conv(xBC.unsqueeze(2), [self]).squeeze(2))
+        xBC = F.silu(causal_conv(xBC.unsqueeze(0), self.conv1d.weight.transpose(0, 1), self.conv1d.bias[None]))[0]
         x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         y = kernels.chunk_scan(
             x.unflatten(-1, (self.nheads, self.headdim)), dt, A,
@@ -139,43 +138,51 @@ class Mamba2(nn.Module):
         return self.out_proj(self.norm(y.flatten(-2), z))
 
 
-def causal_conv(xBC: Tensor, mixers: Sequence[Mamba2]) -> Tensor:
-    """Depthwise causal conv of k mixers at once. xBC: (b, l, k, conv_dim), before SiLU."""
-    b, l, k, conv_dim = xBC.shape
-    weight = torch.cat([m.conv1d.weight for m in mixers])  # (k*conv_dim, 1, d_conv)
-    bias = torch.cat([m.conv1d.bias for m in mixers])
-    d_conv = weight.shape[-1]
-    out = F.conv1d(xBC.reshape(b, l, k * conv_dim).transpose(1, 2), weight.to(xBC.dtype), bias.to(xBC.dtype),
-                   padding=d_conv - 1, groups=k * conv_dim)
-    return out[..., :l].transpose(1, 2).reshape(b, l, k, conv_dim)
+def causal_conv(xBC: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Depthwise causal conv, one filter bank per leading index k.
+
+    xBC: (k, b, l, ch); weight: (k, ch, d_conv) (Conv1d's (ch, 1, d_conv) per k); bias: (k, ch).
+    Written as d_conv shifted multiply-adds in the (l, ch) layout: no transposes to and from
+    Conv1d's (ch, l) layout, which cost more than the conv on CPU.
+    """
+    l, d_conv = xBC.shape[2], weight.shape[-1]
+    taps = weight.to(xBC.dtype)[:, None, None]  # (k 1 1 ch d_conv)
+    out = torch.addcmul(bias.to(xBC.dtype)[:, None, None], xBC, taps[..., -1])
+    for shift in range(1, min(d_conv, l)):
+        out[:, :, shift:].addcmul_(xBC[:, :, :-shift], taps[..., -1 - shift])
+    return out
+
+
+def stacked(mixers: Sequence[Mamba2], name: str) -> Tensor:
+    """One parameter of k mixers, stacked on a new leading axis."""
+    return torch.stack([mx.get_parameter(name) for mx in mixers])
 
 
 def ssm_mix(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
     """The part of Mamba2 between in_proj and out_proj, for k mixers of equal shape at once.
 
-    zxbcdt: (b, l, k, d_in_proj), slice i being mixer i's in_proj output -> y: (b, l, k, d_inner).
-    Running k mixers as one scan with k*ngroups groups and k*nheads heads lets the two
-    directions of a bidirectional block share every kernel launch.
+    zxbcdt: (k, b, l, d_in_proj), slice i being mixer i's in_proj output -> y: (k, b, l, d_inner).
+    The k mixers run as one batch of k*b sequences, so the two directions of a bidirectional
+    block share every kernel launch.
     """
     m = mixers[0]
-    b, l, k, _ = zxbcdt.shape
+    k, b, l, _ = zxbcdt.shape
     g, n, h, p = m.ngroups, m.d_state, m.nheads, m.headdim
     z, xBC, dt = zxbcdt.split([m.d_inner, m.conv_dim, h], dim=-1)
-    xBC = F.silu(causal_conv(xBC, mixers))
+    xBC = F.silu(causal_conv(xBC, stacked(mixers, "conv1d.weight").squeeze(2), stacked(mixers, "conv1d.bias")))
     x, B, C = xBC.split([m.d_inner, g * n, g * n], dim=-1)
 
     with torch.autocast(device_type=zxbcdt.device.type, enabled=False):  # the scan stays in fp32
-        dt = F.softplus(dt.float() + torch.stack([mx.dt_bias for mx in mixers]).float())  # (b l k h)
-        A = -torch.exp(torch.cat([mx.A_log for mx in mixers]).float())  # (k*h)
-        D = torch.cat([mx.D for mx in mixers]).float()
-        x = x.float().reshape(b, l, k * h, p)
-        dt = dt.reshape(b, l, k * h)
+        dt = F.softplus(dt.float() + stacked(mixers, "dt_bias").float()[:, None, None])  # (k b l h)
+        A = -torch.exp(stacked(mixers, "A_log").float())[:, None, None]  # (k 1 1 h)
+        x = x.float().reshape(k * b, l, h, p)
         y = ssd_chunked(
-            x * dt.unsqueeze(-1), dt, A,
-            B.float().reshape(b, l, k * g, n), C.float().reshape(b, l, k * g, n),
+            x * dt.reshape(k * b, l, h, 1), (dt * A).reshape(k * b, l, h),
+            B.float().reshape(k * b, l, g, n), C.float().reshape(k * b, l, g, n),
             chunk_size=m.torch_chunk_size,
-        )
-        y = (y + x * D[:, None]).reshape(b, l, k, m.d_inner)
+        ).reshape(k, b, l, h, p)
+        D = stacked(mixers, "D").float()[:, None, None, :, None]  # (k 1 1 h 1)
+        y = y.addcmul_(x.view(k, b, l, h, p), D).reshape(k, b, l, m.d_inner)
 
-    weight = torch.stack([mx.norm.weight for mx in mixers])  # (k d_inner)
+    weight = stacked(mixers, "norm.weight")[:, None, None]  # (k 1 1 d_inner)
     return gated_rmsnorm(y, z, weight, m.norm.group_size, m.norm.eps)
