@@ -362,8 +362,9 @@ class Trainer:
         bar = tqdm(total=self.num_steps, initial=s.batches_done, desc=f"epoch {s.epoch}", dynamic_ncols=True,
                    disable=not self.dist.is_main or a.no_progress, file=sys.stdout)
         self.optimizer.zero_grad(set_to_none=True)
+        first = s.batches_done
         for offset, (stems, mixture, counters) in enumerate(self._loader()):
-            index = s.batches_done + offset  # batch index within the epoch
+            index = first + offset  # batch index within the epoch
             boundary = (index + 1) % self.accumulation == 0 or index + 1 == self.num_steps
             for k, value in enumerate(counters.sum(0).tolist()):
                 s.data_counters[k] += int(value)
@@ -397,6 +398,8 @@ class Trainer:
                 if not stepped and not self.scaler.is_enabled():
                     in_row += 1
                     s.nonfinite_skipped += 1
+                    self._print(f"\nnon-finite gradient at epoch {s.epoch} batch {index}: step skipped "
+                                f"({in_row} in a row, {s.nonfinite_skipped} in all)")
                     if in_row >= a.max_nonfinite_in_row:
                         raise NonFiniteLossError(self._nonfinite_message(in_row))
             self.optimizer.zero_grad(set_to_none=True)
