@@ -32,7 +32,7 @@ class DemoSpec:
     train_tracks: int = 8
     train_seconds: float = 8.0
     valid_tracks: int = 2
-    valid_seconds: float = 6.0
+    valid_seconds: float = 4.0
     sample_rate: int = SAMPLE_RATE
     version: int = DEMO_VERSION
 
