@@ -5,7 +5,8 @@ envelope, 5.5 Hz vibrato that sets in after the attack, a little breath noise), 
 inside phrases and long silences between them: the sparse vocals the paper is about.
 Accompaniment ("other"): a chord pad, a bass line, kick and hi-hat.
 
-Generated from fixed seeds, so every machine gets the same files; written once into a
+Generated from fixed seeds, so every machine gets the same audio (up to last-bit rounding of
+NumPy's SIMD sin/exp); written once into a
 cache folder (by default ~/.cache/bsmamba2_plugin/, or $BSMAMBA2_CACHE) and reused.
 Layout is MSST's: train/<track>/{vocals,other}.wav and valid/<track>/{vocals,other,mixture}.wav.
 """
