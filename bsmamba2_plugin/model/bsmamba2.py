@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .backend import check_backend, use_mamba_ssm
 from .mamba2 import Mamba2, RMSNorm, ssm_mix
+from .ssd import padded_length
 
 # BS-RoFormer's split of 1025 bins (n_fft 2048): 24 x 2, 12 x 4, 8 x 12, 8 x 24, 8 x 48, 128, 129.
 DEFAULT_FREQS_PER_BANDS = (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
@@ -129,12 +130,15 @@ class BidirectionalMamba(nn.Module):
         b, l, d = x.shape
         x32 = x.float()
         x_hat = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + blocks[0].norm.eps)).to(x.dtype)
-        inputs = torch.stack([x_hat, x_hat.flip(1)]).view(2, b * l, d)
-        w_in = torch.stack([mx.in_proj.weight * block.norm.weight for mx, block in zip(mixers, blocks)])
-        zxbcdt = torch.bmm(inputs, w_in.transpose(1, 2).to(inputs.dtype)).view(2, b, l, -1)
-        y = ssm_mix(mixers, zxbcdt)  # (2 b l d_inner)
-        w_out = torch.stack([mx.out_proj.weight for mx in mixers]).transpose(1, 2).to(y.dtype)
-        out = torch.bmm(y.view(2, b * l, -1), w_out).view(2, b, l, d)
+        # Padding at the end of each direction's own sequence is causal-safe: cropped below.
+        padded = padded_length(l, mixers[0].torch_chunk_size)
+        inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l)).view(2, b * padded, d)
+        # Weights laid out (k, in, out) contiguously: a strided operand halves bmm's speed on CPU.
+        w_in = torch.stack([(mx.in_proj.weight * block.norm.weight).t() for mx, block in zip(mixers, blocks)])
+        zxbcdt = torch.bmm(inputs, w_in.to(inputs.dtype)).view(2, b, padded, -1)
+        y = ssm_mix(mixers, zxbcdt)  # (2 b padded d_inner)
+        w_out = torch.stack([mx.out_proj.weight.t() for mx in mixers]).to(y.dtype)
+        out = torch.bmm(y.view(2, b * padded, -1), w_out).view(2, b, padded, d)[:, :, :l]
         return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)
 
 

@@ -1,0 +1,148 @@
+"""Speed of the paper model's forward pass on this machine (a benchmark, not a test).
+
+Prints, for BSMamba2 (paper configuration) on N seconds of stereo 44.1 kHz audio:
+- the machine, torch version and thread count;
+- fp32 matmul GFLOP/s measured in the same run (4096 x 4096 products);
+- analytic forward FLOPs: 2 x multiply-adds of every matrix product of the forward as the
+  PyTorch path computes it (projections, SSD products at its chunk length, band split, mask
+  MLPs); elementwise work is not counted;
+- forward wall time, achieved GFLOP/s and its share of the matmul rate (target >= 40 %);
+- peak resident memory during the forward;
+- the chunked SSD scan against the sequential recurrence at L = 801 (target >= 50x).
+
+    python benchmarks/model_speed.py [--seconds 8] [--threads N] [--repeats 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import time
+
+from bsmamba2_plugin.cpu_allocator import tune_cpu_allocator
+
+tune_cpu_allocator()  # before torch allocates anything
+
+import torch  # noqa: E402
+
+from bsmamba2_plugin.model import BSMamba2  # noqa: E402
+from bsmamba2_plugin.model.ssd import padded_length, ssd_chunked, ssd_sequential  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def matmul_gflops(size: int = 4096, repeats: int = 3) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def forward_flops(model: BSMamba2, samples: int) -> dict[str, float]:
+    """Matrix-product FLOPs of one forward on (1, channels, samples), by component."""
+    hop = model.stft_kwargs["hop_length"]
+    frames = samples // hop + 1
+    band_inputs = model.band_split.dim_inputs
+    bands, dim = len(band_inputs), model.band_split.to_features[0][1].out_features
+    mixer = model.layers[0][0].forward_blocks[0].mixer
+    d_in_proj = mixer.in_proj.out_features
+    n, h, p, d_inner = mixer.d_state, mixer.nheads, mixer.headdim, mixer.d_inner
+
+    def bidirectional(sequences: int, length: int) -> dict[str, float]:
+        padded = padded_length(length, mixer.torch_chunk_size)
+        q = min(padded, mixer.torch_chunk_size)
+        tokens = 2 * sequences * padded  # two directions
+        flops = {
+            "projections": 2 * tokens * dim * (d_in_proj + d_inner) + 2 * (tokens // 2) * 2 * dim * dim,
+            "ssd_intra_chunk": 2 * tokens * q * n + 2 * tokens * q * h * p,  # C B^T, scores @ x
+        }
+        if padded > q:  # states in and out of each chunk
+            flops["ssd_states"] = 2 * 2 * tokens * n * h * p
+        return flops
+
+    total: dict[str, float] = {}
+    for sequences, length in ((bands, frames), (frames, bands)):  # time modules, band modules
+        for key, value in bidirectional(sequences, length).items():
+            total[key] = total.get(key, 0) + value * len(model.layers)
+    total["band_split"] = 2 * frames * sum(band_inputs) * dim
+    hidden = model.mask_estimators[0].to_freqs[0][0][0].out_features
+    total["mask_estimators"] = model.num_stems * 2 * frames * (bands * dim * hidden + hidden * 2 * sum(band_inputs))
+    return total
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; {args.threads} threads")
+    model = BSMamba2().eval()
+    samples = int(args.seconds * 44100)
+    audio = torch.randn(1, 2, samples) * 0.1
+    flops = forward_flops(model, samples)
+    total = sum(flops.values())
+    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; input: {args.seconds:g} s stereo")
+    for key, value in flops.items():
+        print(f"  {key:16s} {value / 1e9:8.1f} GFLOP")
+    print(f"  {'total':16s} {total / 1e9:8.1f} GFLOP")
+
+    with torch.inference_mode():
+        model(audio[..., :44100])  # warm-up
+        rss_before = peak_rss_mib()
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            model(audio)
+            times.append(time.perf_counter() - start)
+    rss_after = peak_rss_mib()
+    matmul = matmul_gflops()
+    seconds = statistics.median(times)
+    achieved = total / seconds / 1e9
+    print(f"forward: {seconds:.2f} s (median of {args.repeats}: {', '.join(f'{t:.2f}' for t in times)}),"
+          f" real-time factor {seconds / args.seconds:.2f}")
+    print(f"achieved {achieved:.1f} GFLOP/s; fp32 matmul {matmul:.1f} GFLOP/s -> {100 * achieved / matmul:.0f} %"
+          " of the matmul rate (target >= 40 %)")
+    print(f"peak RSS: {rss_after:.0f} MiB (before the 8 s forward: {rss_before:.0f} MiB)")
+
+    # One Mamba2 layer's scan at the time axis' length: 16 heads x 64, d_state 128.
+    length, heads, headdim, d_state, sequences = 801, 16, 64, 128, 8
+    x = torch.randn(sequences, length, heads, headdim) * 0.05
+    a = -torch.rand(sequences, length, heads) * 0.1
+    B, C = torch.randn(sequences, length, 1, d_state), torch.randn(sequences, length, 1, d_state)
+    with torch.inference_mode():
+        ssd_chunked(x, a, B, C, 64)
+        start = time.perf_counter()
+        chunked = ssd_chunked(x, a, B, C, 64)
+        t_chunked = time.perf_counter() - start
+        start = time.perf_counter()
+        sequential = ssd_sequential(x, a, B, C)
+        t_sequential = time.perf_counter() - start
+    error = ((chunked - sequential).abs().max() / sequential.abs().max()).item()
+    print(f"SSD scan at L={length} ({sequences} sequences x {heads} heads): chunked {t_chunked * 1e3:.1f} ms,"
+          f" sequential {t_sequential * 1e3:.0f} ms -> {t_sequential / t_chunked:.0f}x faster"
+          f" (target >= 50x); max relative difference {error:.1e}")
+
+
+if __name__ == "__main__":
+    main()
