@@ -8,6 +8,7 @@ opening a checkpoint must never execute code from it.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,60 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
             raw: Any = load_file(str(path), device="cpu")
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = load_weights_only(path)
+    except CheckpointError:
+        raise
     except Exception as error:  # noqa: BLE001 - every failure becomes one clear message
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
     return unwrap_state_dict(raw, origin=str(path))
+
+
+class InertObject:
+    """Stands in for a class a checkpoint names but that must not run (e.g. OmegaConf's
+    DictConfig in a Lightning checkpoint's `hyper_parameters`): it only keeps what it is given."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs, self.items = args, kwargs, {}
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:
+        self.items[len(self.items)] = value
+
+    def extend(self, values: Any) -> None:
+        for value in values:
+            self.append(value)
+
+
+def load_weights_only(path: Path) -> Any:
+    """torch.load with weights_only=True; objects of other classes become InertObjects.
+
+    Lightning checkpoints of the official code pickle their OmegaConf hyper-parameters,
+    which weights_only refuses. The second attempt maps every class the file names to an
+    inert stand-in, still under weights_only=True, so nothing from the file runs.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        if not names:
+            raise
+        stand_ins = [
+            (type(name.rsplit(".", 1)[-1], (InertObject,), {"__module__": name.rsplit(".", 1)[0]}), name)
+            for name in names
+        ]
+        try:
+            with torch.serialization.safe_globals(stand_ins):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(
+                f"checkpoint {path} can only be opened by running code it names ({', '.join(names)}); "
+                "refused. Re-save its weights as a plain state dict or .safetensors"
+            ) from error
 
 
 def unwrap_state_dict(raw: Any, origin: str = "checkpoint") -> dict[str, torch.Tensor]:

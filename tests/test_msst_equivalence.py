@@ -95,25 +95,6 @@ model:
 RELATIVE_TOLERANCE = 5e-6
 
 
-@pytest.fixture(scope="module")
-def reference(pytestconfig: pytest.Config):
-    pytest_cache = getattr(pytestconfig, "cache", None)  # absent with -p no:cacheprovider
-    cache = reference_sources.default_cache(
-        None if pytest_cache is None else Path(pytest_cache.mkdir("bsmamba2-msst-reference")))
-    try:
-        mamba_root = reference_sources.mamba_ssm_source(cache)
-        msst = reference_sources.msst_source(cache)
-        wheels = [wheel for wheel in (reference_sources.pure_python_wheel(name, cache)
-                                      for name in ("einops", "rotary_embedding_torch")) if wheel is not None]
-    except reference_sources.ReferenceUnavailable as error:
-        if os.environ.get(reference_sources.REQUIRE_ENV):
-            pytest.fail(f"{reference_sources.REQUIRE_ENV} is set but the reference is unavailable: {error}")
-        pytest.skip(f"MSST / mamba-ssm reference sources unavailable: {error}")
-    import reference_mamba
-
-    return reference_mamba.load_reference(mamba_root, msst, wheels)
-
-
 def model_config(tmp_path: Path, text: str):
     """The config as MSST reads it (YAML FullLoader into a ConfigDict)."""
     path = tmp_path / "config.yaml"

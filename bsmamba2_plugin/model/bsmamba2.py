@@ -26,7 +26,7 @@ from beartype import BeartypeConf, beartype
 from torch import Tensor, nn
 
 from .backend import check_backend, use_mamba_ssm
-from .mamba2 import Mamba2, RMSNorm, ssm_mix
+from .mamba2 import Mamba2, RMSNorm, fp32_or_wider, ssm_mix
 from .ssd import padded_length
 
 # BS-RoFormer's split of 1025 bins (n_fft 2048): 24 x 2, 12 x 4, 8 x 12, 8 x 24, 8 x 48, 128, 129.
@@ -128,7 +128,7 @@ class BidirectionalMamba(nn.Module):
         blocks = (self.forward_blocks[0], self.backward_blocks[0])
         mixers = [block.mixer for block in blocks]
         b, l, d = x.shape
-        x32 = x.float()
+        x32 = fp32_or_wider(x)
         x_hat = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + blocks[0].norm.eps)).to(x.dtype)
         # Padding at the end of each direction's own sequence is causal-safe: cropped below.
         padded = padded_length(l, mixers[0].torch_chunk_size)
@@ -174,7 +174,7 @@ class BSMamba2(nn.Module):
         unknown = sorted(set(transformer_only) - set(TRANSFORMER_ONLY_KEYS))
         if unknown:
             raise ValueError(
-                f"unknown key(s) in the model section: {', '.join(unknown)}; BSMamba2 takes "
+                f"unknown key(s) in the model section: {', '.join('model.' + key for key in unknown)}; BSMamba2 takes "
                 f"{', '.join(sorted(MODEL_KEYS))}"
             )
         if module_type != "mamba2":
@@ -247,7 +247,7 @@ class BSMamba2(nn.Module):
         # torch.stft's reflect padding needs more than n_fft // 2 samples: pad short input with zeros.
         padded = max(length, self.stft_kwargs["n_fft"] // 2 + 1)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            audio = F.pad(x.float(), (0, padded - length))
+            audio = F.pad(fp32_or_wider(x), (0, padded - length))
             stft = torch.stft(audio.reshape(b * c, padded), window=self.stft_window, return_complex=True,
                               **self.stft_kwargs)
             stft = torch.view_as_real(stft).unflatten(0, (b, c))  # (b c f n 2)
@@ -264,7 +264,7 @@ class BSMamba2(nn.Module):
 
         masks = torch.stack([estimator(features) for estimator in self.mask_estimators], dim=1)  # (b s n (f c 2))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            masks = torch.view_as_complex(masks.float().unflatten(-1, (-1, 2)).transpose(2, 3).contiguous())
+            masks = torch.view_as_complex(fp32_or_wider(masks).unflatten(-1, (-1, 2)).transpose(2, 3).contiguous())
             separated = torch.view_as_complex(stft).unsqueeze(1) * masks  # (b s (f c) n)
             separated = separated.unflatten(2, (-1, c)).transpose(2, 3)  # (b s c f n)
             audio_out = torch.istft(separated.reshape(-1, *separated.shape[-2:]), window=self.stft_window,

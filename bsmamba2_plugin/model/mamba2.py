@@ -27,6 +27,11 @@ from .ssd import ssd_chunked
 TORCH_CHUNK_SIZE = 64
 
 
+def fp32_or_wider(t: Tensor) -> Tensor:
+    """bf16/fp16 -> fp32 for the numerically delicate parts; float64 stays float64."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class RMSNorm(nn.Module):
     """mamba-ssm's RMSNorm (`ops.triton.layer_norm.RMSNorm`): x / rms(x) * weight."""
 
@@ -36,8 +41,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
+        x32 = fp32_or_wider(x)
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * fp32_or_wider(self.weight)).to(x.dtype)
 
 
 class GatedRMSNorm(nn.Module):
@@ -54,9 +60,9 @@ class GatedRMSNorm(nn.Module):
 
 
 def gated_rmsnorm(y: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float) -> Tensor:
-    gated = (y.float() * F.silu(z.float())).unflatten(-1, (-1, group_size))
+    gated = (fp32_or_wider(y) * F.silu(fp32_or_wider(z))).unflatten(-1, (-1, group_size))
     rms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True) * group_size**-0.5  # one read, no squares kept
-    return (gated * torch.rsqrt(rms.square() + eps)).flatten(-2).mul(weight.float()).to(z.dtype)
+    return (gated * torch.rsqrt(rms.square() + eps)).flatten(-2).mul(fp32_or_wider(weight)).to(z.dtype)
 
 
 class Mamba2(nn.Module):
@@ -173,15 +179,15 @@ def ssm_mix(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
     x, B, C = xBC.split([m.d_inner, g * n, g * n], dim=-1)
 
     with torch.autocast(device_type=zxbcdt.device.type, enabled=False):  # the scan stays in fp32
-        dt = F.softplus(dt.float() + stacked(mixers, "dt_bias").float()[:, None, None])  # (k b l h)
-        A = -torch.exp(stacked(mixers, "A_log").float())[:, None, None]  # (k 1 1 h)
-        x = x.float().reshape(k * b, l, h, p)
+        dt = F.softplus(fp32_or_wider(dt) + fp32_or_wider(stacked(mixers, "dt_bias"))[:, None, None])  # (k b l h)
+        A = -torch.exp(fp32_or_wider(stacked(mixers, "A_log")))[:, None, None]  # (k 1 1 h)
+        x = fp32_or_wider(x).reshape(k * b, l, h, p)
         y = ssd_chunked(
             x * dt.reshape(k * b, l, h, 1), (dt * A).reshape(k * b, l, h),
-            B.float().reshape(k * b, l, g, n), C.float().reshape(k * b, l, g, n),
+            fp32_or_wider(B).reshape(k * b, l, g, n), fp32_or_wider(C).reshape(k * b, l, g, n),
             chunk_size=m.torch_chunk_size,
         ).reshape(k, b, l, h, p)
-        D = stacked(mixers, "D").float()[:, None, None, :, None]  # (k 1 1 h 1)
+        D = fp32_or_wider(stacked(mixers, "D"))[:, None, None, :, None]  # (k 1 1 h 1)
         y = y.addcmul_(x.view(k, b, l, h, p), D).reshape(k, b, l, m.d_inner)
 
     weight = stacked(mixers, "norm.weight")[:, None, None]  # (k 1 1 d_inner)

@@ -1,0 +1,165 @@
+"""The PyTorch Mamba2: mamba-ssm's parameters, the recurrence it computes, dtypes, backends."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bsmamba2_plugin.model import backend, mamba2
+from bsmamba2_plugin.model.bsmamba2 import BidirectionalMamba
+from bsmamba2_plugin.model.mamba2 import Mamba2
+
+
+def test_parameters_are_mamba_ssm_s_for_the_paper_settings() -> None:
+    layer = Mamba2(256, expand=4)
+    shapes = {name: tuple(p.shape) for name, p in layer.named_parameters()}
+    # d_inner 1024, 16 heads of 64, d_state 128, 1 group: in_proj = z + xBC + dt = 1024 + 1280 + 16.
+    assert shapes == {
+        "dt_bias": (16,), "A_log": (16,), "D": (16,),
+        "in_proj.weight": (2320, 256),
+        "conv1d.weight": (1280, 1, 4), "conv1d.bias": (1280,),
+        "norm.weight": (1024,),
+        "out_proj.weight": (256, 1024),
+    }
+    assert layer.chunk_size == 256 and layer.d_conv == 4
+    dt = F.softplus(layer.dt_bias)
+    assert dt.min() >= 1e-4 - 1e-9 and dt.max() <= 0.1 + 1e-6  # dt in [1e-3, 0.1], floored at 1e-4
+    assert (-layer.A_log.exp()).max() <= -1 and (-layer.A_log.exp()).min() >= -16  # A_init_range (1, 16)
+
+
+def mamba2_by_recurrence(layer: Mamba2, u: torch.Tensor) -> torch.Tensor:
+    """Mamba2's forward written out step by step, independently of the module's code."""
+    zxbcdt = u @ layer.in_proj.weight.T
+    d_inner, n, h, p = layer.d_inner, layer.d_state, layer.nheads, layer.headdim
+    z, xBC, dt = zxbcdt.split([d_inner, d_inner + 2 * n, h], dim=-1)
+    length = u.shape[1]
+    w = layer.conv1d.weight[:, 0]  # (channels, 4): tap 3 is the current step
+    conv = torch.stack([
+        layer.conv1d.bias + sum(w[:, 3 - k] * xBC[:, t - k] for k in range(4) if t - k >= 0) for t in range(length)
+    ], dim=1)
+    xBC = F.silu(conv)
+    x, B, C = xBC.split([d_inner, n, n], dim=-1)
+    dt = F.softplus(dt + layer.dt_bias)
+    A = -layer.A_log.exp()
+    state = u.new_zeros(u.shape[0], h, p, n)
+    ys = []
+    for t in range(length):
+        xt = x[:, t].view(-1, h, p)
+        state = state * torch.exp(dt[:, t] * A)[..., None, None] + (dt[:, t, :, None] * xt)[..., None] * B[:, t, None, None]
+        ys.append((state * C[:, t, None, None]).sum(-1) + layer.D[:, None] * xt)
+    y = torch.stack(ys, dim=1).flatten(2) * F.silu(z)
+    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * layer.norm.weight
+    return y @ layer.out_proj.weight.T
+
+
+@pytest.mark.parametrize("length", [1, 3, 70, 129])
+def test_forward_equals_the_recurrence(length: int) -> None:
+    torch.manual_seed(length)
+    layer = Mamba2(32, expand=4, headdim=16, d_state=8, backend="torch").double()
+    layer.torch_chunk_size = 16
+    with torch.no_grad():
+        layer.conv1d.bias.normal_()
+        layer.D.normal_()
+        layer.norm.weight.normal_()
+    u = torch.randn(2, length, 32, dtype=torch.float64)
+    torch.testing.assert_close(layer(u), mamba2_by_recurrence(layer, u), rtol=1e-9, atol=1e-9)
+
+
+def test_bf16_autocast_keeps_the_scan_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    layer = Mamba2(64, expand=4, d_state=16, backend="torch")
+    u = torch.randn(2, 100, 64)
+    seen = []
+    real_scan = mamba2.ssd_chunked
+
+    def spy(*tensors, chunk_size):
+        seen.extend(t.dtype for t in tensors)
+        return real_scan(*tensors, chunk_size=chunk_size)
+
+    monkeypatch.setattr(mamba2, "ssd_chunked", spy)
+    reference = layer(u)
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = layer(u)
+    assert seen and all(dtype == torch.float32 for dtype in seen)
+    assert torch.isfinite(low).all()
+    assert ((low.float() - reference).norm() / reference.norm()).item() < 0.05
+
+
+def test_silence_gives_no_nan() -> None:
+    layer = Mamba2(64, expand=4, d_state=16, backend="torch")
+    u = torch.zeros(2, 300, 64, requires_grad=True)
+    out = layer(u)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(u.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_backend_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu_tensor = torch.zeros(1)
+    monkeypatch.setenv(backend.ENV_VAR, "cuda-please")
+    with pytest.raises(ValueError, match="BSMAMBA2_BACKEND='cuda-please'.*auto, torch, mamba_ssm"):
+        backend.use_mamba_ssm(None, cpu_tensor)
+    with pytest.raises(ValueError, match="backend='fast'"):
+        Mamba2(64, backend="fast")
+    monkeypatch.setenv(backend.ENV_VAR, "torch")
+    assert backend.use_mamba_ssm(None, cpu_tensor) is False
+    # mamba-ssm cannot be installed here: forcing it must say so and how to get it.
+    monkeypatch.setattr(backend, "mamba_ssm_kernels", lambda: None)
+    monkeypatch.setenv(backend.ENV_VAR, "mamba_ssm")
+    with pytest.raises(RuntimeError, match="mamba_ssm cannot be imported.*pip install --no-build-isolation mamba-ssm"):
+        backend.use_mamba_ssm(None, cpu_tensor)
+    monkeypatch.setenv(backend.ENV_VAR, "auto")
+    with pytest.raises(RuntimeError, match="mamba_ssm cannot be imported"):
+        backend.use_mamba_ssm("mamba_ssm", cpu_tensor)  # the keyword wins over the variable
+    assert backend.use_mamba_ssm(None, SimpleNamespace(is_cuda=True)) is False  # auto: not installed
+
+
+def test_mamba_ssm_is_never_imported_on_this_machine() -> None:
+    import sys
+
+    torch.manual_seed(0)
+    Mamba2(64, expand=4, d_state=16)(torch.randn(1, 10, 64))
+    assert backend.mamba_ssm_kernels() is None or torch.cuda.is_available()
+    assert "mamba_ssm" not in sys.modules or torch.cuda.is_available()
+
+
+@pytest.fixture()
+def reference_kernels(reference, monkeypatch: pytest.MonkeyPatch):
+    """mamba-ssm's CUDA/Triton kernels cannot run here. In their place: mamba-ssm's own
+    pure-PyTorch reference implementations of the same functions (see reference_mamba.py)."""
+    module = reference.mamba2_module
+
+    def kernels(fused: bool) -> None:
+        stand_in = SimpleNamespace(chunk_scan=module.mamba_chunk_scan_combined,
+                                   split_conv1d_scan=module.mamba_split_conv1d_scan_combined if fused else None)
+        monkeypatch.setattr(mamba2, "mamba_ssm_kernels", lambda: stand_in)
+        monkeypatch.setattr(mamba2, "use_mamba_ssm", lambda requested, tensor: requested != "torch")
+
+    return kernels
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_mamba_ssm_path_gets_the_same_weights(reference_kernels, fused: bool) -> None:
+    torch.manual_seed(1)
+    reference_kernels(fused)
+    layer = Mamba2(64, expand=4, d_state=16)
+    u = torch.randn(2, 40, 64)
+    through_kernels = layer(u)
+    layer.backend = "torch"
+    torch.testing.assert_close(through_kernels, layer(u), rtol=2e-4, atol=2e-5)
+
+
+def test_bidirectional_block_on_the_mamba_ssm_path(reference_kernels, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bsmamba2_plugin.model.bsmamba2 as model_module
+
+    torch.manual_seed(2)
+    reference_kernels(True)
+    block = BidirectionalMamba(64, backend=None)
+    x = torch.randn(3, 30, 64)
+    monkeypatch.setattr(model_module, "use_mamba_ssm", lambda requested, tensor: True)
+    kernels_out = block(x)
+    monkeypatch.setattr(model_module, "use_mamba_ssm", lambda requested, tensor: False)
+    torch.testing.assert_close(kernels_out, block(x), rtol=2e-4, atol=2e-5)

@@ -1,0 +1,76 @@
+"""The chunked SSD scan against the plain recurrence it must equal."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bsmamba2_plugin.model.ssd import padded_length, ssd_chunked, ssd_sequential
+
+
+def scan_inputs(length: int, batch: int = 2, heads: int = 4, headdim: int = 8, groups: int = 2, d_state: int = 16,
+                dtype: torch.dtype = torch.float64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    dt = F.softplus(torch.randn(batch, length, heads, generator=g, dtype=dtype) - 2)
+    A = -(torch.rand(heads, generator=g, dtype=dtype) * 15 + 1)  # mamba's A_init_range (1, 16)
+    x = torch.randn(batch, length, heads, headdim, generator=g, dtype=dtype) * dt.unsqueeze(-1)
+    B = torch.randn(batch, length, groups, d_state, generator=g, dtype=dtype)
+    C = torch.randn(batch, length, groups, d_state, generator=g, dtype=dtype)
+    return x, dt * A, B, C
+
+
+@pytest.mark.parametrize("length", [1, 7, 255, 256, 257, 801])
+@pytest.mark.parametrize("chunk_size", [16, 48, 64, 256])
+def test_chunked_scan_equals_sequential_recurrence(length: int, chunk_size: int) -> None:
+    x, a, B, C = scan_inputs(length)
+    expected = ssd_sequential(x, a, B, C)
+    got = ssd_chunked(x, a, B, C, chunk_size)
+    assert got.shape == expected.shape
+    relative = ((got - expected).abs().max() / expected.abs().max()).item()
+    assert relative < 1e-6, f"L={length} Q={chunk_size}: max relative error {relative:.2e}"
+
+
+def test_chunk_size_does_not_change_the_result_in_float32() -> None:
+    x, a, B, C = scan_inputs(801, dtype=torch.float32)
+    reference = ssd_chunked(x, a, B, C, 256)
+    for chunk in (32, 64, 128):
+        difference = (ssd_chunked(x, a, B, C, chunk) - reference).abs().max() / reference.abs().max()
+        assert difference < 5e-5, f"chunk {chunk}: {difference:.1e} of the largest output"
+
+
+def test_padded_length() -> None:
+    assert padded_length(62, 64) == 64  # the band axis: one chunk, rounded to 16
+    assert padded_length(801, 64) == 832  # the time axis: whole chunks
+    assert padded_length(1, 64) == 16
+    assert padded_length(64, 64) == 64
+
+
+@pytest.mark.parametrize("length, chunk_size", [(5, 4), (9, 4), (6, 16)])
+def test_gradcheck(length: int, chunk_size: int) -> None:
+    x, a, B, C = scan_inputs(length, batch=1, heads=2, headdim=2, groups=1, d_state=3)
+    inputs = tuple(t.clone().requires_grad_() for t in (x, a, B, C))
+    assert torch.autograd.gradcheck(lambda *t: ssd_chunked(*t, chunk_size), inputs)
+
+
+def test_gradients_equal_those_of_the_recurrence() -> None:
+    x, a, B, C = scan_inputs(70)
+    weights = torch.randn(2, 70, 4, 8, dtype=torch.float64)
+    grads = []
+    for scan in (lambda *t: ssd_chunked(*t, 16), ssd_sequential):
+        inputs = [t.clone().requires_grad_() for t in (x, a, B, C)]
+        (scan(*inputs) * weights).sum().backward()
+        grads.append([t.grad for t in inputs])
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_no_nan_for_silence_or_extreme_decay() -> None:
+    # All-zero input; and decays so strong that an unmasked exp(segsum) would overflow.
+    for scale in (0.0, 200.0):
+        x, a, B, C = scan_inputs(130, dtype=torch.float32)
+        inputs = [(x * 0 if scale == 0 else x).requires_grad_(), (a * scale).requires_grad_(),
+                  B.requires_grad_(), C.requires_grad_()]
+        y = ssd_chunked(*inputs, 64)
+        y.sum().backward()
+        assert torch.isfinite(y).all()
+        assert all(torch.isfinite(t.grad).all() for t in inputs)
