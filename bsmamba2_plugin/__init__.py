@@ -17,6 +17,10 @@ _LAZY = {
     "load_weights": "bsmamba2_plugin.checkpoint",
     "CheckpointError": "bsmamba2_plugin.checkpoint",
     "load_config": "bsmamba2_plugin.config",
+    "separate_track": "bsmamba2_plugin.separate",
+    "Separator": "bsmamba2_plugin.separate",
+    "demix": "bsmamba2_plugin.separate",
+    "tune_cpu_allocator": "bsmamba2_plugin.cpu_allocator",
 }
 
 __all__ = sorted(_LAZY)

@@ -32,32 +32,35 @@ def test_parameters_are_mamba_ssm_s_for_the_paper_settings() -> None:
 def mamba2_by_recurrence(layer: Mamba2, u: torch.Tensor) -> torch.Tensor:
     """Mamba2's forward written out step by step, independently of the module's code."""
     zxbcdt = u @ layer.in_proj.weight.T
-    d_inner, n, h, p = layer.d_inner, layer.d_state, layer.nheads, layer.headdim
-    z, xBC, dt = zxbcdt.split([d_inner, d_inner + 2 * n, h], dim=-1)
+    d_inner, n, h, p, g = layer.d_inner, layer.d_state, layer.nheads, layer.headdim, layer.ngroups
+    z, xBC, dt = zxbcdt.split([d_inner, d_inner + 2 * g * n, h], dim=-1)
     length = u.shape[1]
     w = layer.conv1d.weight[:, 0]  # (channels, 4): tap 3 is the current step
     conv = torch.stack([
         layer.conv1d.bias + sum(w[:, 3 - k] * xBC[:, t - k] for k in range(4) if t - k >= 0) for t in range(length)
     ], dim=1)
     xBC = F.silu(conv)
-    x, B, C = xBC.split([d_inner, n, n], dim=-1)
+    x, B, C = xBC.split([d_inner, g * n, g * n], dim=-1)
+    B = B.unflatten(-1, (g, n)).repeat_interleave(h // g, dim=2)  # (b l h n): each head its group's B
+    C = C.unflatten(-1, (g, n)).repeat_interleave(h // g, dim=2)
     dt = F.softplus(dt + layer.dt_bias)
     A = -layer.A_log.exp()
     state = u.new_zeros(u.shape[0], h, p, n)
     ys = []
     for t in range(length):
         xt = x[:, t].view(-1, h, p)
-        state = state * torch.exp(dt[:, t] * A)[..., None, None] + (dt[:, t, :, None] * xt)[..., None] * B[:, t, None, None]
-        ys.append((state * C[:, t, None, None]).sum(-1) + layer.D[:, None] * xt)
-    y = torch.stack(ys, dim=1).flatten(2) * F.silu(z)
-    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * layer.norm.weight
+        state = state * torch.exp(dt[:, t] * A)[..., None, None] + (dt[:, t, :, None] * xt)[..., None] * B[:, t, :, None]
+        ys.append((state * C[:, t, :, None]).sum(-1) + layer.D[:, None] * xt)
+    y = (torch.stack(ys, dim=1).flatten(2) * F.silu(z)).unflatten(-1, (g, -1))  # norm per group
+    y = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5)).flatten(-2) * layer.norm.weight
     return y @ layer.out_proj.weight.T
 
 
 @pytest.mark.parametrize("length", [1, 3, 70, 129])
-def test_forward_equals_the_recurrence(length: int) -> None:
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_forward_equals_the_recurrence(length: int, ngroups: int) -> None:
     torch.manual_seed(length)
-    layer = Mamba2(32, expand=4, headdim=16, d_state=8, backend="torch").double()
+    layer = Mamba2(32, expand=4, headdim=16, d_state=8, ngroups=ngroups, backend="torch").double()
     layer.torch_chunk_size = 16
     with torch.no_grad():
         layer.conv1d.bias.normal_()

@@ -15,7 +15,7 @@ from bsmamba2_plugin.checkpoint import load_model
 from bsmamba2_plugin.config import load_config
 from bsmamba2_plugin.separate import InferenceSettings, Separator, demix, separate_blocks, separate_track
 from bsmamba2_plugin.separate.cli import main as cli_main
-from bsmamba2_plugin.separate.demix import ArraySource, CollectingSink
+from bsmamba2_plugin.separate.msst_demix import ArraySource, CollectingSink
 
 RATE = 8000
 

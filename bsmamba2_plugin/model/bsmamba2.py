@@ -26,7 +26,7 @@ from beartype import BeartypeConf, beartype
 from torch import Tensor, nn
 
 from .backend import check_backend, use_mamba_ssm
-from .mamba2 import Mamba2, RMSNorm, fp32_or_wider, ssm_mix
+from .mamba2 import Mamba2, RMSNorm, fp32_or_wider, mix_and_project
 from .ssd import padded_length
 
 # BS-RoFormer's split of 1025 bins (n_fft 2048): 24 x 2, 12 x 4, 8 x 12, 8 x 24, 8 x 48, 128, 129.
@@ -136,9 +136,7 @@ class BidirectionalMamba(nn.Module):
         # Weights laid out (k, in, out) contiguously: a strided operand halves bmm's speed on CPU.
         w_in = torch.stack([(mx.in_proj.weight * block.norm.weight).t() for mx, block in zip(mixers, blocks)])
         zxbcdt = torch.bmm(inputs, w_in.to(inputs.dtype)).view(2, b, padded, -1)
-        y = ssm_mix(mixers, zxbcdt)  # (2 b padded d_inner)
-        w_out = torch.stack([mx.out_proj.weight.t() for mx in mixers]).to(y.dtype)
-        out = torch.bmm(y.view(2, b * padded, -1), w_out).view(2, b, padded, d)[:, :, :l]
+        out = mix_and_project(mixers, zxbcdt)[:, :, :l]  # (2 b l d)
         return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)
 
 

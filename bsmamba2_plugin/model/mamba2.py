@@ -60,9 +60,13 @@ class GatedRMSNorm(nn.Module):
 
 
 def gated_rmsnorm(y: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float) -> Tensor:
-    gated = (fp32_or_wider(y) * F.silu(fp32_or_wider(z))).unflatten(-1, (-1, group_size))
-    rms = torch.linalg.vector_norm(gated, dim=-1, keepdim=True) * group_size**-0.5  # one read, no squares kept
-    return (gated * torch.rsqrt(rms.square() + eps)).flatten(-2).mul(fp32_or_wider(weight)).to(z.dtype)
+    return group_rmsnorm(fp32_or_wider(y) * F.silu(fp32_or_wider(z)), weight, group_size, eps).to(z.dtype)
+
+
+def group_rmsnorm(x: Tensor, weight: Tensor, group_size: int, eps: float) -> Tensor:
+    grouped = x.unflatten(-1, (-1, group_size))
+    rms = torch.linalg.vector_norm(grouped, dim=-1, keepdim=True) * group_size**-0.5  # one read, no squares kept
+    return (grouped * torch.rsqrt(rms.square() + eps)).flatten(-2) * fp32_or_wider(weight)
 
 
 class Mamba2(nn.Module):
@@ -116,8 +120,7 @@ class Mamba2(nn.Module):
         """u: (batch, length, d_model) -> (batch, length, d_model)."""
         if use_mamba_ssm(self.backend, u):
             return self.forward_mamba_ssm(u)
-        y = ssm_mix([self], self.in_proj(u).unsqueeze(0))  # (1 b l d_inner)
-        return self.out_proj(y.squeeze(0))
+        return mix_and_project([self], self.in_proj(u).unsqueeze(0))[0]
 
     def forward_mamba_ssm(self, u: Tensor) -> Tensor:
         """The same computation through mamba-ssm's kernels (CUDA tensors only)."""
@@ -164,18 +167,20 @@ def stacked(mixers: Sequence[Mamba2], name: str) -> Tensor:
     return torch.stack([mx.get_parameter(name) for mx in mixers])
 
 
-def ssm_mix(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
-    """The part of Mamba2 between in_proj and out_proj, for k mixers of equal shape at once.
+def mix_and_project(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
+    """Mamba2 after in_proj (conv, scan, gated norm, out_proj) for k mixers of equal shape at once.
 
-    zxbcdt: (k, b, l, d_in_proj), slice i being mixer i's in_proj output -> y: (k, b, l, d_inner).
+    zxbcdt: (k, b, l, d_in_proj), slice i being mixer i's in_proj output -> (k, b, l, d_model).
     The k mixers run as one batch of k*b sequences, so the two directions of a bidirectional
     block share every kernel launch.
     """
     m = mixers[0]
     k, b, l, _ = zxbcdt.shape
     g, n, h, p = m.ngroups, m.d_state, m.nheads, m.headdim
+    scratch = not torch.is_grad_enabled()  # temporaries may be overwritten in place
     z, xBC, dt = zxbcdt.split([m.d_inner, m.conv_dim, h], dim=-1)
-    xBC = F.silu(causal_conv(xBC, stacked(mixers, "conv1d.weight").squeeze(2), stacked(mixers, "conv1d.bias")))
+    xBC = F.silu(causal_conv(xBC, stacked(mixers, "conv1d.weight").squeeze(2), stacked(mixers, "conv1d.bias")),
+                 inplace=scratch)
     x, B, C = xBC.split([m.d_inner, g * n, g * n], dim=-1)
 
     with torch.autocast(device_type=zxbcdt.device.type, enabled=False):  # the scan stays in fp32
@@ -189,6 +194,17 @@ def ssm_mix(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
         ).reshape(k, b, l, h, p)
         D = fp32_or_wider(stacked(mixers, "D"))[:, None, None, :, None]  # (k 1 1 h 1)
         y = y.addcmul_(x.view(k, b, l, h, p), D).reshape(k, b, l, m.d_inner)
+        gated = F.silu(fp32_or_wider(z))
+        gated = gated.mul_(y) if scratch else gated * y
 
-    weight = stacked(mixers, "norm.weight")[:, None, None]  # (k 1 1 d_inner)
-    return gated_rmsnorm(y, z, weight, m.norm.group_size, m.norm.eps)
+    w_out = stacked(mixers, "out_proj.weight")  # (k d_model d_inner)
+    if g > 1:
+        normed = group_rmsnorm(gated, stacked(mixers, "norm.weight")[:, None, None], m.norm.group_size, m.norm.eps)
+        normed = normed.to(z.dtype).view(k, b * l, -1)
+        return torch.bmm(normed, w_out.transpose(1, 2).to(z.dtype)).view(k, b, l, -1)
+    # One group: RMSNorm's weight folds into out_proj and its per-token scale commutes with it,
+    # so both apply on the 4x narrower output instead of passing over the d_inner activations.
+    inv_rms = torch.rsqrt(torch.linalg.vector_norm(gated, dim=-1, keepdim=True).square() / m.d_inner + m.norm.eps)
+    w_folded = (w_out * stacked(mixers, "norm.weight")[:, None]).transpose(1, 2).to(z.dtype)  # (k d_inner d_model)
+    out = torch.bmm(gated.to(z.dtype).view(k, b * l, -1), w_folded).view(k, b, l, -1)
+    return (out * inv_rms).to(z.dtype)

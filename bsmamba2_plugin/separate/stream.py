@@ -116,4 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from bsmamba2_plugin.cpu_allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # torch has not allocated yet: this module imports it inside main()
     sys.exit(main())

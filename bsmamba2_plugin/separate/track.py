@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from bsmamba2_plugin.separate.chunk_plan import InferenceSettings
-from bsmamba2_plugin.separate.demix import demix
+from bsmamba2_plugin.separate.msst_demix import demix
 from bsmamba2_plugin.separate.device import resolve_device
 from bsmamba2_plugin.separate.file_separation import FileJob, model_sample_rate, separate_file, wants_normalization
 from bsmamba2_plugin.separate.output_naming import DEFAULT_TEMPLATE, OutputFormat

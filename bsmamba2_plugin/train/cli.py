@@ -11,10 +11,11 @@ from pathlib import Path
 
 from bsmamba2_plugin.checkpoint import CheckpointError
 from bsmamba2_plugin.config import ConfigError
+from bsmamba2_plugin.shipped_configs import shipped_config
 
 from .errors import NonFiniteLossError, TrainingConfigError, TrainingDataError
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "bsmamba2_vocals_small.yaml"
+DEMO_CONFIG_NAME = "bsmamba2_vocals_small.yaml"
 DEMO_RESULTS = Path("results") / "bsmamba2_demo"
 
 # MSST train.py options this trainer does not implement, and why.
@@ -83,16 +84,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.config_path is None and args.data_path is None:
         args.demo = True
-        if not DEMO_CONFIG.is_file():
-            parser.error(f"the demo config {DEMO_CONFIG} is missing (installed without the repository's configs/); "
-                         f"pass --config_path and --data_path")
+        try:
+            demo_config = shipped_config(DEMO_CONFIG_NAME)
+        except FileNotFoundError as error:
+            parser.error(f"{error}; pass --config_path and --data_path")
         from .demo_data import ensure_demo_dataset
 
         started = time.time()
         root = ensure_demo_dataset(args.demo_data_dir)
-        print(f"Demo: {DEMO_CONFIG.name} on the generated dataset in {root} ({time.time() - started:.1f} s)",
+        print(f"Demo: {demo_config.name} on the generated dataset in {root} ({time.time() - started:.1f} s)",
               flush=True)
-        args.config_path = str(DEMO_CONFIG)
+        args.config_path = str(demo_config)
         args.data_path = [str(root / "train")]
         args.valid_path = args.valid_path or [str(root / "valid")]
         args.results_path = args.results_path or str(DEMO_RESULTS)

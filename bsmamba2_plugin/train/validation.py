@@ -1,6 +1,6 @@
 """Validation on MSST validation folders (`<valid_path>/<track>/mixture.wav` + `<instrument>.wav`).
 
-Separation is MSST's chunked overlap-add (`bsmamba2_plugin.separate.demix`, inference
+Separation is MSST's chunked overlap-add (`bsmamba2_plugin.separate.msst_demix`, inference
 section of the config); scores per track and instrument are uSDR (MSST's `sdr`), cSDR
 (museval v4) and the level the estimate leaks into the reference's silent regions
 (`bsmamba2_plugin.metrics`). Printed as MSST's valid.py does, and appended to a CSV.
