@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs into the current Python, from a checkout.
+# torch is pinned to 2.13.0 (the CPU build on our machines): a bare `torch` requirement would
+# pull the newest CUDA wheels, and the `msst` package pins torch<2.12, so msst goes in without
+# its dependencies and the ones its code imports are added by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pip() { python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
+
+pip torch==2.13.0
+echo "torch==2.13.0" > /tmp/bsmamba2-constraints.txt
+# ./compat installs regularly (not -e): only a wheel install puts its .pth hook into site-packages.
+pip -c /tmp/bsmamba2-constraints.txt ./registry ./compat -e ".[test]"
+# The real MSST package, for the compatibility and separation tests.
+pip --no-deps msst==0.1.0 torch-log-wmse==1.1.0
+pip -c /tmp/bsmamba2-constraints.txt omegaconf librosa wandb
+
+# museval imports stempeg, which needs the ffmpeg and ffprobe programs.
+if ! command -v ffprobe >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+    else
+        echo "tests/install.sh: museval needs ffmpeg; install it (e.g. sudo apt-get install ffmpeg)" >&2
+        exit 1
+    fi
+fi
