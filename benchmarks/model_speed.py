@@ -125,8 +125,8 @@ def main() -> None:
           " of the matmul rate (target >= 40 %)")
     print(f"peak RSS: {rss_after:.0f} MiB (before the 8 s forward: {rss_before:.0f} MiB)")
 
-    # One Mamba2 layer's scan at the time axis' length: 16 heads x 64, d_state 128.
-    length, heads, headdim, d_state, sequences = 801, 16, 64, 128, 8
+    # One Mamba2 layer's scan over time on an 8 s clip: 62 band sequences, 16 heads x 64, d_state 128.
+    length, heads, headdim, d_state, sequences = 801, 16, 64, 128, 62  # 62 bands of an 8 s clip
     x = torch.randn(sequences, length, heads, headdim) * 0.05
     a = -torch.rand(sequences, length, heads) * 0.1
     B, C = torch.randn(sequences, length, 1, d_state), torch.randn(sequences, length, 1, d_state)

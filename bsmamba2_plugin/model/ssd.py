@@ -84,8 +84,14 @@ def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> 
         for j in range(c - 1):
             to_end = torch.exp(a_cum[:, j, -1:] - a_cum[:, j])  # (b q g hg)
             weighted = (x_chunks[:, j] * to_end.unsqueeze(-1)).transpose(1, 2).reshape(b, g, q, hg * p)
-            decayed = state.view(b, g, n, hg, p) * a_cum[:, j, -1].exp().view(b, g, 1, hg, 1)
-            state = decayed.view(b, g, n, hg * p) + Bg[:, j].transpose(-1, -2) @ weighted
+            chunk_decay = a_cum[:, j, -1].exp().view(b, g, 1, hg, 1)
+            if differentiable:
+                decayed = (state.view(b, g, n, hg, p) * chunk_decay).view(b, g, n, hg * p)
+                state = torch.baddbmm(decayed.flatten(0, 1), Bg[:, j].transpose(-1, -2).flatten(0, 1),
+                                      weighted.flatten(0, 1)).view(b, g, n, hg * p)
+            else:  # the state is the largest tensor here: update it in place, the product accumulating
+                state.view(b, g, n, hg, p).mul_(chunk_decay)
+                state.flatten(0, 1).baddbmm_(Bg[:, j].transpose(-1, -2).flatten(0, 1), weighted.flatten(0, 1))
             carried = (Cg[:, j + 1] @ state).view(b, g, q, hg, p).transpose(1, 2)  # (b q g hg p)
             contribution = carried * a_cum[:, j + 1].exp().unsqueeze(-1)
             if differentiable:
