@@ -4,8 +4,7 @@ Heavy names (torch models) load on first use, so `import bsmamba2_plugin` stays 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bsmamba2_plugin.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -24,9 +23,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'bsmamba2_plugin' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -1,11 +1,11 @@
-"""MSST YAML configs: read them the way MSST does (ml_collections ConfigDict)."""
+"""MSST YAML configs, read the way MSST does (PyYAML FullLoader into an ml_collections ConfigDict)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import yaml
 from ml_collections import ConfigDict
+from msst_registry.errors import ConfigFileError
+from msst_registry.loading import load_msst_config
 
 
 class ConfigError(ValueError):
@@ -13,17 +13,13 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | os.PathLike[str]) -> ConfigDict:
-    """Load an MSST config. FullLoader as in MSST, so `!!python/tuple` works."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config {path} does not exist")
+    """Load an MSST config; `!!python/tuple` works as in MSST. Needs a `model` section."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=yaml.FullLoader)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config {path} is not valid YAML: {error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
-    if "model" not in data or not isinstance(data["model"], dict):
-        raise ConfigError(f"config {path} has no 'model' section (a mapping of BSMamba2's keywords)")
-    return ConfigDict(data)
+        config = load_msst_config(path)
+    except FileNotFoundError as error:
+        raise ConfigError(f"config {os.fspath(path)} does not exist") from error
+    except ConfigFileError as error:
+        raise ConfigError(str(error)) from error
+    if not isinstance(config.get("model"), ConfigDict):
+        raise ConfigError(f"config {os.fspath(path)} has no 'model' section (a mapping of BSMamba2's keywords)")
+    return config

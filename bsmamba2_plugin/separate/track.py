@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from bsmamba2_plugin.separate.chunk_plan import InferenceSettings
-from bsmamba2_plugin.separate.msst_demix import demix
+from bsmamba2_plugin.separate.msst_demix import as_mixture_array, demix
 from bsmamba2_plugin.separate.device import resolve_device
 from bsmamba2_plugin.separate.file_separation import FileJob, model_sample_rate, separate_file, wants_normalization
 from bsmamba2_plugin.separate.output_naming import DEFAULT_TEMPLATE, OutputFormat
@@ -21,20 +21,12 @@ MAX_CHANNELS_GUESS = 8  # a first axis longer than this and a short second one i
 
 
 def _mixture_channels_first(mixture: Any, downmix: bool) -> np.ndarray:
-    if isinstance(mixture, torch.Tensor):
-        mixture = mixture.detach().cpu().numpy()
-    array = np.asarray(mixture, dtype=np.float32)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2:
-        raise ValueError(f"mixture must be shaped (channels, samples) or (samples,); got {array.shape}")
+    array = as_mixture_array(mixture)
     if array.shape[0] > MAX_CHANNELS_GUESS and array.shape[1] <= MAX_CHANNELS_GUESS:
         raise ValueError(
             f"mixture shaped {array.shape} looks like (samples, channels); pass (channels, samples), "
             f"e.g. soundfile's data.T"
         )
-    if array.shape[1] == 0:
-        raise ValueError("mixture has no samples")
     if not np.isfinite(array).all():
         raise ValueError("mixture contains NaN or infinite samples")
     if array.shape[0] > 2:

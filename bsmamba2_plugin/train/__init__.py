@@ -1,8 +1,7 @@
 """Standalone BSMamba2 trainer: `python -m bsmamba2_plugin.train` (MSST flags, configs and checkpoints)."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bsmamba2_plugin.lazy_exports import lazy_exports
 
 # Loaded on first use, so `python -m bsmamba2_plugin.train` can tune the CPU allocator before torch starts.
 _LAZY = {
@@ -15,9 +14,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
