@@ -1,0 +1,215 @@
+"""ONNX export of BSMamba2's PyTorch path, and a separator that runs the export with onnxruntime.
+
+What goes into the graph is the network between the spectrograms:
+
+    mixture STFT, real and imaginary parts   (batch, channels, freqs, frames, 2)   float32
+      -> band split, the bidirectional Mamba2 layers, final norm, mask estimators
+      -> complex masks times the mixture STFT, in real arithmetic
+    separated STFTs                          (batch, stems, channels, freqs, frames, 2)
+
+The STFT and the inverse STFT stay outside (`OnnxSeparator` runs them with torch.stft /
+torch.istft, as the model does): ONNX has no inverse STFT operator, and complex tensors do
+not export. The frame count is fixed at export time: the SSD scan cuts the time axis into
+chunks with Python integers, so a different length is a different graph. That matches how
+MSST's demix calls the model anyway, with chunks of `audio.chunk_size` samples; the batch
+axis stays dynamic.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .model import BSMamba2
+
+INPUT_NAME = "mixture_stft"
+OUTPUT_NAME = "separated_stft"
+DEFAULT_OPSET = 18
+
+
+class SpectrogramNetwork(nn.Module):
+    """BSMamba2's forward between torch.stft and torch.istft, complex numbers as (re, im) pairs.
+
+    stft: (b, c, f, n, 2) -> (b, s, c, f, n, 2). Shares the parameters of `model` (no copy).
+    """
+
+    def __init__(self, model: BSMamba2):
+        super().__init__()
+        self.model = model
+
+    def forward(self, stft: Tensor) -> Tensor:
+        model = self.model
+        b, c, f, frames, _ = stft.shape
+        # The model's band input: (b, n, (f c 2)), frequency outermost, then channel, then re/im.
+        bands = stft.permute(0, 3, 2, 1, 4).reshape(b, frames, f * c * 2)
+        features = model.band_split(bands)  # (b n k d)
+        k, d = features.shape[2:]
+        for time_module, band_module in model.layers:
+            features = features.transpose(1, 2).reshape(b * k, frames, d)
+            features = time_module(features).reshape(b, k, frames, d).transpose(1, 2)
+            features = band_module(features.reshape(b * frames, k, d)).reshape(b, frames, k, d)
+        features = model.final_norm(features)
+        masks = torch.stack([estimator(features) for estimator in model.mask_estimators], dim=1)  # (b s n (f c 2))
+        masks = masks.reshape(b, model.num_stems, frames, f, c, 2).permute(0, 1, 4, 3, 2, 5)  # (b s c f n 2)
+        mix = stft.unsqueeze(1)  # (b 1 c f n 2)
+        mask_re, mask_im = masks[..., 0], masks[..., 1]
+        mix_re, mix_im = mix[..., 0], mix[..., 1]
+        return torch.stack([mix_re * mask_re - mix_im * mask_im, mix_re * mask_im + mix_im * mask_re], dim=-1)
+
+
+def frames_for(model: BSMamba2, samples: int) -> int:
+    """The STFT frame count of `samples` samples (center=True, after the model's short-input padding)."""
+    padded = max(samples, model.stft_kwargs["n_fft"] // 2 + 1)
+    return padded // model.stft_kwargs["hop_length"] + 1
+
+
+def mixture_stft(model: BSMamba2, audio: Tensor) -> tuple[Tensor, int]:
+    """(b, c, t) float -> ((b, c, f, n, 2) float32, padded length), exactly as BSMamba2.forward."""
+    b, c, length = audio.shape
+    padded = max(length, model.stft_kwargs["n_fft"] // 2 + 1)
+    audio = F.pad(audio.float(), (0, padded - length))
+    stft = torch.stft(audio.reshape(b * c, padded), window=model.stft_window.float(), return_complex=True,
+                      **model.stft_kwargs)
+    return torch.view_as_real(stft).unflatten(0, (b, c)), padded
+
+
+def inverse_stft(model: BSMamba2, separated: Tensor, padded: int, length: int) -> Tensor:
+    """(b, s, c, f, n, 2) -> (b, s, c, length), exactly as BSMamba2.forward."""
+    b, s, c = separated.shape[:3]
+    spec = torch.view_as_complex(separated.contiguous()).reshape(b * s * c, *separated.shape[3:5])
+    audio = torch.istft(spec, window=model.stft_window.float(), length=padded, **model.stft_kwargs)
+    return audio.reshape(b, s, c, padded)[..., :length]
+
+
+def export_onnx(
+    model: BSMamba2,
+    path: str | os.PathLike,
+    chunk_samples: int,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Write the network of `model` (PyTorch path, float32) to `path` for inputs of `chunk_samples` samples.
+
+    The graph's input is `mixture_stft` (batch, channels, freqs, frames, 2) with frames fixed to
+    `frames_for(model, chunk_samples)`; its output `separated_stft` (batch, stems, channels,
+    freqs, frames, 2). The batch axis is dynamic. The file is written atomically; weights are
+    stored inside the one .onnx file (protobuf's 2 GB limit is far above the paper model's ~200 MB).
+    """
+    if not isinstance(model, BSMamba2):
+        raise TypeError(f"export_onnx exports a BSMamba2, got {type(model).__name__}")
+    if chunk_samples <= 0:
+        raise ValueError(f"chunk_samples must be a positive number of samples, got {chunk_samples}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder of the ONNX output {path} does not exist")
+    # The export traces the PyTorch scan; mamba-ssm's CUDA kernels have no ONNX form.
+    model = model.float().cpu().eval()
+    model.set_backend("torch")
+    network = SpectrogramNetwork(model).eval()
+    example = mixture_stft(model, torch.zeros(2, model.audio_channels, chunk_samples))[0]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)  # exporter chatter about decompositions
+            program = torch.onnx.export(
+                network, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+            )
+        program.save(temp_name, external_data=False)
+        with open(temp_name, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class OnnxSeparator:
+    """Separates audio with an exported network: torch STFT -> onnxruntime -> torch iSTFT.
+
+    `model` supplies the STFT settings and window only (a model built from the same config;
+    its weights are not used). Audio of any length is cut into the export's chunk length
+    (zero-padded at the end) and the pieces concatenated, without overlap: MSST's demix, which
+    overlaps and cross-fades, should be given chunks of exactly `chunk_samples`.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, model: BSMamba2, providers: Sequence[str] | None = None):
+        import onnxruntime
+
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise FileNotFoundError(f"ONNX model {onnx_path} does not exist")
+        self.model = model
+        self.session = onnxruntime.InferenceSession(str(onnx_path), providers=list(providers or
+                                                                                   ["CPUExecutionProvider"]))
+        shape = self.session.get_inputs()[0].shape  # [batch, c, f, n, 2]
+        self.frames = int(shape[3])
+        freqs = model.stft_kwargs["n_fft"] // 2 + 1
+        if int(shape[1]) != model.audio_channels or int(shape[2]) != freqs:
+            raise ValueError(f"{onnx_path} takes {shape[1]} channel(s) x {shape[2]} bins but the model config has "
+                             f"{model.audio_channels} x {freqs}: export and config do not match")
+        # frames = chunk // hop + 1: the longest chunk with that many frames, like audio.chunk_size.
+        self.chunk_samples = (self.frames - 1) * model.stft_kwargs["hop_length"]
+        if frames_for(model, self.chunk_samples) != self.frames:
+            raise ValueError(f"{onnx_path} has {self.frames} frames, which no audio length gives with "
+                             f"hop {model.stft_kwargs['hop_length']}")
+
+    def separate_chunk(self, audio: Tensor) -> Tensor:
+        """(b, c, chunk_samples) -> (b, stems, c, chunk_samples)."""
+        if audio.dim() != 3 or audio.shape[2] != self.chunk_samples:
+            raise ValueError(f"expected a chunk of shape (batch, {self.model.audio_channels}, {self.chunk_samples}), "
+                             f"got {tuple(audio.shape)}")
+        stft, padded = mixture_stft(self.model, audio)
+        (separated,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: stft.numpy().astype(np.float32)})
+        return inverse_stft(self.model, torch.from_numpy(separated), padded, audio.shape[2])
+
+    def __call__(self, audio: Tensor | np.ndarray) -> Tensor:
+        """(b, c, t) -> (b, stems, c, t), like BSMamba2.forward."""
+        audio = torch.as_tensor(audio, dtype=torch.float32)
+        if audio.dim() != 3 or audio.shape[1] != self.model.audio_channels or audio.shape[2] == 0:
+            raise ValueError(f"expected audio of shape (batch, {self.model.audio_channels} channel(s), samples), "
+                             f"got {tuple(audio.shape)}")
+        length = audio.shape[2]
+        pieces = -(-length // self.chunk_samples)
+        audio = F.pad(audio, (0, pieces * self.chunk_samples - length))
+        outputs = [self.separate_chunk(chunk) for chunk in audio.split(self.chunk_samples, dim=2)]
+        return torch.cat(outputs, dim=-1)[..., :length]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from .checkpoint import load_model
+    from .config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m bsmamba2_plugin.onnx_export", description=__doc__.split("\n")[0])
+    parser.add_argument("--config_path", required=True, help="MSST bs_mamba2 YAML config")
+    parser.add_argument("--start_check_point", default=None, help="checkpoint (.ckpt/.pt/.safetensors); none: random")
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--chunk_size", type=int, default=None,
+                        help="samples per chunk the graph takes (default: the config's audio.chunk_size)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    args = parser.parse_args(argv)
+    config = load_config(args.config_path)
+    chunk = args.chunk_size
+    if chunk is None:
+        audio = config.get("audio") if hasattr(config, "get") else None
+        chunk = None if audio is None else audio.get("chunk_size")
+        if chunk is None:
+            parser.error(f"{args.config_path} has no audio.chunk_size; pass --chunk_size")
+    model = load_model(config, args.start_check_point)
+    written = export_onnx(model, args.output, chunk_samples=int(chunk), opset=args.opset)
+    print(f"wrote {written} ({frames_for(model, int(chunk))} frames = {chunk} samples per chunk)")
+
+
+if __name__ == "__main__":
+    main()
