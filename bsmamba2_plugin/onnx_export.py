@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import BSMamba2
+from .model import BSMamba2, Mamba2
 
 INPUT_NAME = "mixture_stft"
 OUTPUT_NAME = "separated_stft"
@@ -65,28 +65,42 @@ class SpectrogramNetwork(nn.Module):
         return torch.stack([mix_re * mask_re - mix_im * mask_im, mix_re * mask_im + mix_im * mask_re], dim=-1)
 
 
-def frames_for(model: BSMamba2, samples: int) -> int:
+def frames_for(stft_kwargs: dict, samples: int) -> int:
     """The STFT frame count of `samples` samples (center=True, after the model's short-input padding)."""
-    padded = max(samples, model.stft_kwargs["n_fft"] // 2 + 1)
-    return padded // model.stft_kwargs["hop_length"] + 1
+    padded = max(samples, stft_kwargs["n_fft"] // 2 + 1)
+    return padded // stft_kwargs["hop_length"] + 1
 
 
-def mixture_stft(model: BSMamba2, audio: Tensor) -> tuple[Tensor, int]:
+def mixture_stft(stft_kwargs: dict, window: Tensor, audio: Tensor) -> tuple[Tensor, int]:
     """(b, c, t) float -> ((b, c, f, n, 2) float32, padded length), exactly as BSMamba2.forward."""
     b, c, length = audio.shape
-    padded = max(length, model.stft_kwargs["n_fft"] // 2 + 1)
+    padded = max(length, stft_kwargs["n_fft"] // 2 + 1)
     audio = F.pad(audio.float(), (0, padded - length))
-    stft = torch.stft(audio.reshape(b * c, padded), window=model.stft_window.float(), return_complex=True,
-                      **model.stft_kwargs)
+    stft = torch.stft(audio.reshape(b * c, padded), window=window, return_complex=True, **stft_kwargs)
     return torch.view_as_real(stft).unflatten(0, (b, c)), padded
 
 
-def inverse_stft(model: BSMamba2, separated: Tensor, padded: int, length: int) -> Tensor:
+def inverse_stft(stft_kwargs: dict, window: Tensor, separated: Tensor, padded: int, length: int) -> Tensor:
     """(b, s, c, f, n, 2) -> (b, s, c, length), exactly as BSMamba2.forward."""
     b, s, c = separated.shape[:3]
     spec = torch.view_as_complex(separated.contiguous()).reshape(b * s * c, *separated.shape[3:5])
-    audio = torch.istft(spec, window=model.stft_window.float(), length=padded, **model.stft_kwargs)
+    audio = torch.istft(spec, window=window, length=padded, **stft_kwargs)
     return audio.reshape(b, s, c, padded)[..., :length]
+
+
+def export_metadata(model: BSMamba2, chunk_samples: int) -> dict[str, str]:
+    """What a runner needs besides the graph, stored in the .onnx file's metadata_props."""
+    kwargs = model.stft_kwargs
+    return {
+        "bsmamba2.chunk_samples": str(chunk_samples),
+        "bsmamba2.num_stems": str(model.num_stems),
+        "bsmamba2.audio_channels": str(model.audio_channels),
+        "bsmamba2.stft_n_fft": str(kwargs["n_fft"]),
+        "bsmamba2.stft_hop_length": str(kwargs["hop_length"]),
+        "bsmamba2.stft_win_length": str(kwargs["win_length"]),
+        "bsmamba2.stft_normalized": str(bool(kwargs["normalized"])).lower(),
+        "bsmamba2.window": "hann",
+    }
 
 
 def export_onnx(
@@ -98,7 +112,7 @@ def export_onnx(
     """Write the network of `model` (PyTorch path, float32) to `path` for inputs of `chunk_samples` samples.
 
     The graph's input is `mixture_stft` (batch, channels, freqs, frames, 2) with frames fixed to
-    `frames_for(model, chunk_samples)`; its output `separated_stft` (batch, stems, channels,
+    `frames_for(model.stft_kwargs, chunk_samples)`; its output `separated_stft` (batch, stems, channels,
     freqs, frames, 2). The batch axis is dynamic. The file is written atomically; weights are
     stored inside the one .onnx file (protobuf's 2 GB limit is far above the paper model's ~200 MB).
     """
@@ -109,11 +123,14 @@ def export_onnx(
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the folder of the ONNX output {path} does not exist")
-    # The export traces the PyTorch scan; mamba-ssm's CUDA kernels have no ONNX form.
+    # The export traces the PyTorch scan; mamba-ssm's CUDA kernels have no ONNX form. The model
+    # moves to float32 on the CPU in eval mode (in place, as nn.Module.to does); its backend comes back after.
     model = model.float().cpu().eval()
+    backends = {module: module.backend for module in model.modules() if isinstance(module, Mamba2)}
     model.set_backend("torch")
     network = SpectrogramNetwork(model).eval()
-    example = mixture_stft(model, torch.zeros(2, model.audio_channels, chunk_samples))[0]
+    example = mixture_stft(model.stft_kwargs, model.stft_window.float(),
+                           torch.zeros(2, model.audio_channels, chunk_samples))[0]
     batch = torch.export.Dim("batch", min=1, max=4096)
 
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -125,6 +142,7 @@ def export_onnx(
                 network, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), external_data=False, verbose=False,
             )
+        program.model.metadata_props.update(export_metadata(model, chunk_samples))
         program.save(temp_name, external_data=False)
         with open(temp_name, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -132,53 +150,60 @@ def export_onnx(
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+    finally:
+        for module, backend in backends.items():
+            module.backend = backend
     return path
 
 
 class OnnxSeparator:
     """Separates audio with an exported network: torch STFT -> onnxruntime -> torch iSTFT.
 
-    `model` supplies the STFT settings and window only (a model built from the same config;
-    its weights are not used). Audio of any length is cut into the export's chunk length
-    (zero-padded at the end) and the pieces concatenated, without overlap: MSST's demix, which
-    overlaps and cross-fades, should be given chunks of exactly `chunk_samples`.
+    Everything besides the graph (chunk length, STFT settings, stems) comes from the file's
+    metadata, written by `export_onnx`. Audio of any length is cut into chunks of the export's
+    `chunk_samples` (the last one zero-padded) and the pieces concatenated without overlap;
+    for overlap and cross-fade give MSST's demix this object with audio.chunk_size equal to
+    `chunk_samples`.
     """
 
-    def __init__(self, onnx_path: str | os.PathLike, model: BSMamba2, providers: Sequence[str] | None = None):
+    def __init__(self, onnx_path: str | os.PathLike, providers: Sequence[str] | None = None):
         import onnxruntime
 
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise FileNotFoundError(f"ONNX model {onnx_path} does not exist")
-        self.model = model
-        self.session = onnxruntime.InferenceSession(str(onnx_path), providers=list(providers or
-                                                                                   ["CPUExecutionProvider"]))
-        shape = self.session.get_inputs()[0].shape  # [batch, c, f, n, 2]
-        self.frames = int(shape[3])
-        freqs = model.stft_kwargs["n_fft"] // 2 + 1
-        if int(shape[1]) != model.audio_channels or int(shape[2]) != freqs:
-            raise ValueError(f"{onnx_path} takes {shape[1]} channel(s) x {shape[2]} bins but the model config has "
-                             f"{model.audio_channels} x {freqs}: export and config do not match")
-        # frames = chunk // hop + 1: the longest chunk with that many frames, like audio.chunk_size.
-        self.chunk_samples = (self.frames - 1) * model.stft_kwargs["hop_length"]
-        if frames_for(model, self.chunk_samples) != self.frames:
-            raise ValueError(f"{onnx_path} has {self.frames} frames, which no audio length gives with "
-                             f"hop {model.stft_kwargs['hop_length']}")
+        self.session = onnxruntime.InferenceSession(str(onnx_path),
+                                                    providers=list(providers or ["CPUExecutionProvider"]))
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.chunk_samples = int(meta["bsmamba2.chunk_samples"])
+            self.num_stems = int(meta["bsmamba2.num_stems"])
+            self.audio_channels = int(meta["bsmamba2.audio_channels"])
+            self.stft_kwargs = dict(n_fft=int(meta["bsmamba2.stft_n_fft"]),
+                                    hop_length=int(meta["bsmamba2.stft_hop_length"]),
+                                    win_length=int(meta["bsmamba2.stft_win_length"]),
+                                    normalized=meta["bsmamba2.stft_normalized"] == "true", center=True)
+        except KeyError as missing:
+            raise ValueError(f"{onnx_path} lacks the metadata key {missing.args[0]!r}: it was not written by "
+                             "bsmamba2_plugin.onnx_export.export_onnx") from None
+        self.window = torch.hann_window(self.stft_kwargs["win_length"])
 
     def separate_chunk(self, audio: Tensor) -> Tensor:
         """(b, c, chunk_samples) -> (b, stems, c, chunk_samples)."""
-        if audio.dim() != 3 or audio.shape[2] != self.chunk_samples:
-            raise ValueError(f"expected a chunk of shape (batch, {self.model.audio_channels}, {self.chunk_samples}), "
+        if audio.dim() != 3 or audio.shape[1] != self.audio_channels or audio.shape[2] != self.chunk_samples:
+            raise ValueError(f"expected a chunk of shape (batch, {self.audio_channels}, {self.chunk_samples}), "
                              f"got {tuple(audio.shape)}")
-        stft, padded = mixture_stft(self.model, audio)
-        (separated,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: stft.numpy().astype(np.float32)})
-        return inverse_stft(self.model, torch.from_numpy(separated), padded, audio.shape[2])
+        stft, padded = mixture_stft(self.stft_kwargs, self.window, audio)
+        (separated,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: stft.numpy().astype(np.float32, copy=False)})
+        return inverse_stft(self.stft_kwargs, self.window, torch.from_numpy(separated), padded, audio.shape[2])
 
     def __call__(self, audio: Tensor | np.ndarray) -> Tensor:
         """(b, c, t) -> (b, stems, c, t), like BSMamba2.forward."""
         audio = torch.as_tensor(audio, dtype=torch.float32)
-        if audio.dim() != 3 or audio.shape[1] != self.model.audio_channels or audio.shape[2] == 0:
-            raise ValueError(f"expected audio of shape (batch, {self.model.audio_channels} channel(s), samples), "
+        if audio.dim() == 2 and self.audio_channels == 1:  # (b, t) mono, as the model allows
+            audio = audio.unsqueeze(1)
+        if audio.dim() != 3 or audio.shape[1] != self.audio_channels or audio.shape[2] == 0:
+            raise ValueError(f"expected audio of shape (batch, {self.audio_channels} channel(s), samples), "
                              f"got {tuple(audio.shape)}")
         length = audio.shape[2]
         pieces = -(-length // self.chunk_samples)
@@ -208,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"{args.config_path} has no audio.chunk_size; pass --chunk_size")
     model = load_model(config, args.start_check_point)
     written = export_onnx(model, args.output, chunk_samples=int(chunk), opset=args.opset)
-    print(f"wrote {written} ({frames_for(model, int(chunk))} frames = {chunk} samples per chunk)")
+    print(f"wrote {written} ({frames_for(model.stft_kwargs, int(chunk))} STFT frames = {chunk} samples per chunk)")
 
 
 if __name__ == "__main__":
