@@ -138,6 +138,7 @@ def export_onnx(
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # exporter chatter about decompositions
+            warnings.simplefilter("ignore", category=FutureWarning)  # torch.export about its own pytree API
             program = torch.onnx.export(
                 network, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), external_data=False, verbose=False,

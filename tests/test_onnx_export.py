@@ -1,0 +1,124 @@
+"""ONNX export of the PyTorch path, run with the real onnxruntime against the PyTorch model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install '.[onnx]')")
+pytest.importorskip("onnxscript", reason="onnxscript (torch's ONNX exporter) is not installed (pip install '.[onnx]')")
+import onnx  # noqa: E402  (installed with the two above)
+
+from bsmamba2_plugin.model import BSMamba2  # noqa: E402
+from bsmamba2_plugin.onnx_export import (  # noqa: E402
+    INPUT_NAME, OUTPUT_NAME, OnnxSeparator, export_onnx, frames_for, main,
+)
+
+TINY = dict(dim=32, depth=1, stft_n_fft=256, stft_hop_length=64, stft_win_length=256,
+            freqs_per_bands=(32, 32, 65), mask_estimator_depth=1)
+# 99 frames: the time scan (chunks of 64 steps) runs two chunks and carries the state between them.
+CHUNK = 6300
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((ours - reference).abs().max() / reference.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = BSMamba2(**TINY, num_stems=2).eval()
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    assert export_onnx(model, path, chunk_samples=CHUNK) == path
+    return model, path
+
+
+def test_onnxruntime_matches_pytorch_on_the_same_chunk(exported):
+    model, path = exported
+    separator = OnnxSeparator(path)
+    assert separator.chunk_samples == CHUNK and separator.num_stems == 2 and separator.audio_channels == 2
+    torch.manual_seed(1)
+    for batch in (3, 1):  # the batch axis is dynamic; the export example had 2
+        audio = torch.randn(batch, 2, CHUNK)
+        with torch.no_grad():
+            reference = model(audio)
+        ours = separator(audio)
+        assert ours.shape == reference.shape == (batch, 2, 2, CHUNK)
+        assert reference.abs().max() > 0.1  # a real output, not a silent one
+        assert relative_error(ours, reference) < 1e-4
+
+
+def test_graph_has_fixed_frames_dynamic_batch_and_metadata(exported):
+    model, path = exported
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    dims = lambda value: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]  # noqa: E731
+    (graph_input,), (graph_output,) = graph.graph.input, graph.graph.output
+    frames = frames_for(model.stft_kwargs, CHUNK)
+    assert graph_input.name == INPUT_NAME and graph_output.name == OUTPUT_NAME
+    assert isinstance(dims(graph_input)[0], str) and dims(graph_input)[1:] == [2, 129, frames, 2]
+    assert isinstance(dims(graph_output)[0], str) and dims(graph_output)[1:] == [2, 2, 129, frames, 2]
+    meta = {prop.key: prop.value for prop in graph.metadata_props}
+    assert meta["bsmamba2.chunk_samples"] == str(CHUNK) and meta["bsmamba2.stft_hop_length"] == "64"
+    # Atomic write: only the .onnx itself is left in the folder.
+    assert os.listdir(path.parent) == [path.name]
+
+
+def test_longer_audio_runs_chunk_by_chunk(exported):
+    model, path = exported
+    separator = OnnxSeparator(path)
+    torch.manual_seed(2)
+    audio = torch.randn(1, 2, CHUNK + 1000)
+    padded = torch.nn.functional.pad(audio, (0, CHUNK - 1000))
+    with torch.no_grad():
+        reference = torch.cat([model(chunk) for chunk in padded.split(CHUNK, dim=2)], dim=-1)[..., :CHUNK + 1000]
+    assert relative_error(separator(audio), reference) < 1e-4
+
+
+def test_bad_inputs_are_named(exported, tmp_path):
+    model, path = exported
+    separator = OnnxSeparator(path)
+    with pytest.raises(ValueError, match=r"\(batch, 2, 6300\)"):
+        separator.separate_chunk(torch.zeros(1, 2, 100))
+    with pytest.raises(ValueError, match="2 channel"):
+        separator(torch.zeros(1, 1, 100))
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        OnnxSeparator(tmp_path / "missing.onnx")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_onnx(model, tmp_path / "no_such_folder" / "x.onnx", chunk_samples=CHUNK)
+    with pytest.raises(ValueError, match="chunk_samples"):
+        export_onnx(model, tmp_path / "x.onnx", chunk_samples=0)
+    # An ONNX file from elsewhere has none of the metadata the separator needs.
+    foreign = onnx.load(str(path))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ValueError, match="bsmamba2.chunk_samples"):
+        OnnxSeparator(tmp_path / "foreign.onnx")
+
+
+@pytest.mark.slow
+def test_cli_exports_a_config_and_checkpoint(tmp_path: Path, capsys):
+    """The command line on a mono one-stem config and a saved checkpoint (a second export: ~30 s)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(3)
+    model = BSMamba2(**TINY, stereo=False).eval()
+    checkpoint = tmp_path / "tiny.ckpt"
+    torch.save(model.state_dict(), checkpoint)
+    bands = ", ".join(str(f) for f in TINY["freqs_per_bands"])
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "audio:\n  chunk_size: 3000\nmodel:\n"
+        + "".join(f"  {key}: {value}\n" for key, value in TINY.items() if key != "freqs_per_bands")
+        + f"  freqs_per_bands: !!python/tuple [{bands}]\n  stereo: false\n  num_stems: 1\n"
+    )
+    output = tmp_path / "cli.onnx"
+    main(["--config_path", str(config), "--start_check_point", str(checkpoint), "--output", str(output)])
+    assert "3000 samples per chunk" in capsys.readouterr().out
+    separator = OnnxSeparator(output)
+    audio = torch.randn(2, 3000)  # (b, t) mono, as the model takes it
+    with torch.no_grad():
+        reference = model(audio)
+    assert relative_error(separator(audio), reference) < 1e-4
