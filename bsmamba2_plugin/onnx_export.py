@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -232,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         chunk = None if audio is None else audio.get("chunk_size")
         if chunk is None:
             parser.error(f"{args.config_path} has no audio.chunk_size; pass --chunk_size")
+    if args.start_check_point is None:
+        print("no --start_check_point: exporting randomly initialised weights", file=sys.stderr)
     model = load_model(config, args.start_check_point)
     written = export_onnx(model, args.output, chunk_samples=int(chunk), opset=args.opset)
     print(f"wrote {written} ({frames_for(model.stft_kwargs, int(chunk))} STFT frames = {chunk} samples per chunk)")
