@@ -13,13 +13,17 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
+from bsmamba2_plugin.cpu_allocator import tune_cpu_allocator
 
-from bsmamba2_plugin.config import load_config
-from bsmamba2_plugin.model import BSMamba2
-from bsmamba2_plugin.train.ema import WeightEMA
-from bsmamba2_plugin.train.loss import PaperLoss
-from bsmamba2_plugin.train.optimizers import build_optimizer
+tune_cpu_allocator()  # before torch allocates, as the trainer's command does
+
+import torch  # noqa: E402
+
+from bsmamba2_plugin.config import load_config  # noqa: E402
+from bsmamba2_plugin.model import BSMamba2  # noqa: E402
+from bsmamba2_plugin.train.ema import WeightEMA  # noqa: E402
+from bsmamba2_plugin.train.loss import PaperLoss  # noqa: E402
+from bsmamba2_plugin.train.optimizers import build_optimizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
