@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -24,7 +23,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import reference_sources
 from bsmamba2_plugin import BSMamba2
 from bsmamba2_plugin.checkpoint import load_model, load_weights
 from bsmamba2_plugin.config import load_config

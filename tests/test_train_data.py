@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from ml_collections import ConfigDict
 
 from bsmamba2_plugin.config import load_config
 from bsmamba2_plugin.train.activity import ActivityCheck

@@ -4,7 +4,6 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
 import torch
 
 from bsmamba2_plugin.checkpoint import load_model
