@@ -51,14 +51,7 @@ class SpectrogramNetwork(nn.Module):
         b, c, f, frames, _ = stft.shape
         # The model's band input: (b, n, (f c 2)), frequency outermost, then channel, then re/im.
         bands = stft.permute(0, 3, 2, 1, 4).reshape(b, frames, f * c * 2)
-        features = model.band_split(bands)  # (b n k d)
-        k, d = features.shape[2:]
-        for time_module, band_module in model.layers:
-            features = features.transpose(1, 2).reshape(b * k, frames, d)
-            features = time_module(features).reshape(b, k, frames, d).transpose(1, 2)
-            features = band_module(features.reshape(b * frames, k, d)).reshape(b, frames, k, d)
-        features = model.final_norm(features)
-        masks = torch.stack([estimator(features) for estimator in model.mask_estimators], dim=1)  # (b s n (f c 2))
+        masks = model.estimate_masks(bands)  # (b s n (f c 2))
         masks = masks.reshape(b, model.num_stems, frames, f, c, 2).permute(0, 1, 4, 3, 2, 5)  # (b s c f n 2)
         mix = stft.unsqueeze(1)  # (b 1 c f n 2)
         mask_re, mask_im = masks[..., 0], masks[..., 1]

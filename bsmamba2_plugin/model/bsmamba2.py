@@ -231,6 +231,19 @@ class BSMamba2(nn.Module):
             if isinstance(module, Mamba2):
                 module.backend = backend
 
+    def estimate_masks(self, bands: Tensor) -> Tensor:
+        """The network between the spectrograms: band input (b, n, f*c*2), frequency outermost,
+        then channel, then re/im -> masks (b, stems, n, f*c*2) in the same layout."""
+        b, frames = bands.shape[:2]
+        features = self.band_split(bands)  # (b n k d)
+        k, d = features.shape[2:]
+        for time_module, band_module in self.layers:
+            features = features.transpose(1, 2).reshape(b * k, frames, d)
+            features = time_module(features).reshape(b, k, frames, d).transpose(1, 2)
+            features = band_module(features.reshape(b * frames, k, d)).reshape(b, frames, k, d)
+        features = self.final_norm(features)
+        return torch.stack([estimator(features) for estimator in self.mask_estimators], dim=1)
+
     def forward(self, x: Tensor) -> Tensor:
         """x: (b, channels, samples) -> (b, num_stems, channels, samples)."""
         if x.dim() == 2 and self.audio_channels == 1:  # (b, t) mono, as MSST allows
@@ -252,15 +265,7 @@ class BSMamba2(nn.Module):
             frames = stft.shape[3]
             stft = stft.permute(0, 2, 1, 3, 4).reshape(b, -1, frames, 2)  # (b (f c) n 2): freq outermost
 
-        features = self.band_split(stft.permute(0, 2, 1, 3).reshape(b, frames, -1))  # (b n k d)
-        k, d = features.shape[2:]
-        for time_module, band_module in self.layers:
-            features = features.transpose(1, 2).reshape(b * k, frames, d)
-            features = time_module(features).reshape(b, k, frames, d).transpose(1, 2)
-            features = band_module(features.reshape(b * frames, k, d)).reshape(b, frames, k, d)
-        features = self.final_norm(features)
-
-        masks = torch.stack([estimator(features) for estimator in self.mask_estimators], dim=1)  # (b s n (f c 2))
+        masks = self.estimate_masks(stft.permute(0, 2, 1, 3).reshape(b, frames, -1))  # (b s n (f c 2))
         with torch.autocast(device_type=x.device.type, enabled=False):
             masks = torch.view_as_complex(fp32_or_wider(masks).unflatten(-1, (-1, 2)).transpose(2, 3).contiguous())
             separated = torch.view_as_complex(stft).unsqueeze(1) * masks  # (b s (f c) n)
