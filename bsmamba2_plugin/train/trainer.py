@@ -383,12 +383,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{mean_loss:.4f}", avg_loss=f"{np.mean(losses):.4f}")
             else:
                 window_bad = True
-                in_row += 1
-                s.nonfinite_skipped += 1
-                self._print(f"\nnon-finite loss at epoch {s.epoch} batch {index}: skipped "
-                            f"({in_row} in a row, {s.nonfinite_skipped} in all)")
-                if in_row >= a.max_nonfinite_in_row:
-                    raise NonFiniteLossError(self._nonfinite_message(in_row))
+                in_row = self._skip_nonfinite("loss", index, in_row, "skipped")
             bar.update(1)
             if not boundary:
                 continue
@@ -396,12 +391,7 @@ class Trainer:
             if not window_bad:
                 stepped = self._optimizer_step()
                 if not stepped and not self.scaler.is_enabled():
-                    in_row += 1
-                    s.nonfinite_skipped += 1
-                    self._print(f"\nnon-finite gradient at epoch {s.epoch} batch {index}: step skipped "
-                                f"({in_row} in a row, {s.nonfinite_skipped} in all)")
-                    if in_row >= a.max_nonfinite_in_row:
-                        raise NonFiniteLossError(self._nonfinite_message(in_row))
+                    in_row = self._skip_nonfinite("gradient", index, in_row, "step skipped")
             self.optimizer.zero_grad(set_to_none=True)
             window_bad = False
             s.batches_done = index + 1
@@ -433,6 +423,17 @@ class Trainer:
         if finite:
             self.log.scalars(self.state.global_step + 1, {"train/grad_norm": float(norm)})
         return finite
+
+    def _skip_nonfinite(self, what: str, index: int, in_row: int, action: str) -> int:
+        """Count a non-finite loss or gradient; too many in a row stop the run. Returns the new run length."""
+        s = self.state
+        in_row += 1
+        s.nonfinite_skipped += 1
+        self._print(f"\nnon-finite {what} at epoch {s.epoch} batch {index}: {action} "
+                    f"({in_row} in a row, {s.nonfinite_skipped} in all)")
+        if in_row >= self.args.max_nonfinite_in_row:
+            raise NonFiniteLossError(self._nonfinite_message(in_row))
+        return in_row
 
     def _nonfinite_message(self, in_row: int) -> str:
         last = last_checkpoint_path(self.results_path)
