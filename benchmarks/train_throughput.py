@@ -1,8 +1,8 @@
 """Training throughput of bsmamba2_plugin.train's step (forward, paper loss, backward, AdamW, EMA).
 
     python benchmarks/train_throughput.py                                   # small config, CPU
-    python benchmarks/train_throughput.py --config configs/bsmamba2_vocals_paper.yaml --device cuda
-                                                                            # paper: batch 5 x 8 s, bf16
+    python benchmarks/train_throughput.py --config configs/bsmamba2_vocals_paper.yaml --device cuda \
+        [--backend mamba_ssm|torch]                                         # paper: batch 5 x 8 s, bf16
 
 Prints training examples per second and seconds of audio per second, on random audio of the
 config's chunk size (data loading excluded: it is measured by the trainer's progress bar).
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from bsmamba2_plugin.cpu_allocator import tune_cpu_allocator
 
@@ -21,6 +22,7 @@ import torch  # noqa: E402
 
 from bsmamba2_plugin.config import load_config  # noqa: E402
 from bsmamba2_plugin.model import BSMamba2  # noqa: E402
+from bsmamba2_plugin.model.backend import BACKENDS, resolve_backend  # noqa: E402
 from bsmamba2_plugin.train.ema import WeightEMA  # noqa: E402
 from bsmamba2_plugin.train.loss import PaperLoss  # noqa: E402
 from bsmamba2_plugin.train.optimizers import build_optimizer  # noqa: E402
@@ -28,28 +30,18 @@ from bsmamba2_plugin.train.optimizers import build_optimizer  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "configs" / "bsmamba2_vocals_small.yaml"))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--batch_size", type=int, default=None, help="default: training.batch_size")
-    args = p.parse_args()
-    config = load_config(args.config)
-    device = torch.device(args.device)
-    batch = args.batch_size or int(config.training.batch_size)
+def measure_training_step(config: Any, device: torch.device, batch: int, steps: int = 5, warmup: int = 1,
+                          backend: str | None = None) -> dict[str, float]:
+    """Seconds per training step (and peak GPU memory in GiB on CUDA) of `config`'s model on random audio."""
     chunk = int(config.audio.chunk_size)
-    rate = int(config.audio.get("sample_rate", 44100))
     amp = device.type == "cuda" and bool(config.training.get("use_amp", False))
     dtype = torch.bfloat16 if str(config.training.get("amp_dtype", "bfloat16")) == "bfloat16" else torch.float16
-    model = BSMamba2.from_config(config).to(device).train()
+    model = BSMamba2.from_config(config, backend=backend).to(device).train()
     loss_fn = PaperLoss(model.loss_settings, float(config.training.get("waveform_loss_weight", 10.0))).to(device)
     optimizer = build_optimizer(config, model.parameters())
     ema = WeightEMA(model, float(config.training.get("ema_momentum", 0.999) or 0.999))
-    stems = model.num_stems
     mixture = torch.randn(batch, model.audio_channels, chunk, device=device) * 0.1
-    target = torch.randn(batch, stems, model.audio_channels, chunk, device=device) * 0.05
+    target = torch.randn(batch, model.num_stems, model.audio_channels, chunk, device=device) * 0.05
 
     def step() -> None:
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=amp):
@@ -61,24 +53,48 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         ema.update(model)
 
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"config {Path(args.config).name}: {params:.2f} M parameters, batch {batch} x {chunk / rate:.2f} s, "
-          f"device {device}, {'amp ' + str(dtype) if amp else 'float32'}, threads {torch.get_num_threads()}")
+    result = {"seconds": (time.perf_counter() - start) / steps, "amp": float(amp),
+              "parameters": sum(p.numel() for p in model.parameters())}
+    if device.type == "cuda":
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs" / "bsmamba2_vocals_small.yaml"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch_size", type=int, default=None, help="default: training.batch_size")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="Mamba2 implementation (default: BSMAMBA2_BACKEND, else auto)")
+    args = p.parse_args()
+    config = load_config(args.config)
+    device = torch.device(args.device)
+    batch = args.batch_size or int(config.training.batch_size)
+    chunk = int(config.audio.chunk_size)
+    rate = int(config.audio.get("sample_rate", 44100))
+    result = measure_training_step(config, device, batch, args.steps, args.warmup, args.backend)
+    seconds = result["seconds"]
+    dtype = str(config.training.get("amp_dtype", "bfloat16"))
+    print(f"config {Path(args.config).name}: {result['parameters'] / 1e6:.2f} M parameters, batch {batch} x"
+          f" {chunk / rate:.2f} s, device {device}, {'amp ' + dtype if result['amp'] else 'float32'},"
+          f" backend {args.backend or resolve_backend(None)}, threads {torch.get_num_threads()}")
     print(f"{seconds:.3f} s per step, {batch / seconds:.2f} training examples/s, "
           f"{batch * chunk / rate / seconds:.2f} s of audio per second")
-    if device.type == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-
+    if "peak_gib" in result:
+        print(f"peak GPU memory {result['peak_gib']:.2f} GiB")
 
 if __name__ == "__main__":
     main()

@@ -166,3 +166,37 @@ def test_bidirectional_block_on_the_mamba_ssm_path(reference_kernels, monkeypatc
     kernels_out = block(x)
     monkeypatch.setattr(model_module, "use_mamba_ssm", lambda requested, tensor: False)
     torch.testing.assert_close(kernels_out, block(x), rtol=2e-4, atol=2e-5)
+
+
+def test_backend_paths_benchmark_measures_agreement(reference_kernels, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/backend_paths.py runs on a GPU only; its comparison is checked here on the
+    reference stand-ins: the same weights agree, and a kernel that drops the D skip does not."""
+    import sys
+    from pathlib import Path
+
+    import bsmamba2_plugin.model.bsmamba2 as model_module
+    from bsmamba2_plugin.model import BSMamba2
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "backend_paths", raising=False)
+    from backend_paths import compare_paths
+
+    reference_kernels(True)
+    monkeypatch.setattr(model_module, "use_mamba_ssm", lambda requested, tensor: requested == "mamba_ssm")
+    torch.manual_seed(3)
+    model = BSMamba2(dim=32, depth=1, stft_n_fft=256, stft_hop_length=64, stft_win_length=256,
+                     freqs_per_bands=(32, 32, 65)).eval()
+    audio = torch.randn(1, 2, 4096) * 0.1
+    agreeing = compare_paths(model, audio, None)
+    assert agreeing["finite"] == 1.0 and agreeing["sdr_db"] > 60, agreeing
+
+    real_scan = mamba2.mamba_ssm_kernels().split_conv1d_scan
+
+    def without_skip(*args, **kwargs):
+        kwargs["D"] = torch.zeros_like(kwargs["D"])
+        return real_scan(*args, **kwargs)
+
+    broken = SimpleNamespace(chunk_scan=None, split_conv1d_scan=without_skip)
+    monkeypatch.setattr(mamba2, "mamba_ssm_kernels", lambda: broken)
+    disagreeing = compare_paths(model, audio, None)
+    assert disagreeing["sdr_db"] < 30, disagreeing
