@@ -10,6 +10,7 @@ config's chunk size (data loading excluded: it is measured by the trainer's prog
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ def main() -> None:
           f"{batch * chunk / rate / seconds:.2f} s of audio per second")
     if "peak_gib" in result:
         print(f"peak GPU memory {result['peak_gib']:.2f} GiB")
+    else:
+        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (the whole process)")
 
 if __name__ == "__main__":
     main()

@@ -200,3 +200,33 @@ def test_backend_paths_benchmark_measures_agreement(reference_kernels, monkeypat
     monkeypatch.setattr(mamba2, "mamba_ssm_kernels", lambda: broken)
     disagreeing = compare_paths(model, audio, None)
     assert disagreeing["sdr_db"] < 30, disagreeing
+
+
+def test_training_keeps_only_the_projection_for_the_backward() -> None:
+    """With gradients on, conv, scan and norm run again in the backward (as mamba-ssm's fused
+    kernel does) instead of keeping their intermediates: same gradients, a fraction of the memory."""
+    torch.manual_seed(4)
+    layer = Mamba2(64, expand=4, d_state=16)
+    zxbcdt = layer.in_proj(torch.randn(3, 150, 64)).detach().unsqueeze(0).requires_grad_()
+    weights = torch.randn(1, 3, 150, 64)
+
+    def run(mix) -> tuple[int, list[torch.Tensor]]:
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = mix([layer], zxbcdt)
+        params = [zxbcdt, *layer.parameters()]
+        grads = torch.autograd.grad((out * weights).sum(), params, allow_unused=True)
+        return sum(storages.values()), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    kept_bytes, grads = run(mamba2.mix_and_project)
+    all_bytes, expected = run(mamba2._mix_and_project)  # the same computation, everything kept
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    zxbcdt_bytes = zxbcdt.numel() * zxbcdt.element_size()
+    assert kept_bytes <= zxbcdt_bytes + 64 * 1024, (kept_bytes, zxbcdt_bytes)
+    assert all_bytes > 4 * zxbcdt_bytes, (all_bytes, zxbcdt_bytes)

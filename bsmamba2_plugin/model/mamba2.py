@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .backend import check_backend, mamba_ssm_kernels, use_mamba_ssm
 from .ssd import ssd_chunked
@@ -173,7 +174,17 @@ def mix_and_project(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
     zxbcdt: (k, b, l, d_in_proj), slice i being mixer i's in_proj output -> (k, b, l, d_model).
     The k mixers run as one batch of k*b sequences, so the two directions of a bidirectional
     block share every kernel launch.
+    When gradients are needed, only zxbcdt is kept for the backward, which runs conv, scan and
+    norm again, as mamba-ssm's fused kernel does: the scan's intermediates are about seven
+    times the size of zxbcdt, and the paper's batch of 5 x 8 s would not fit a GPU with them.
     """
+    if torch.is_grad_enabled() and (zxbcdt.requires_grad or any(p.requires_grad for p in mixers[0].parameters())):
+        # Nothing inside draws random numbers: no RNG state to keep for the rerun.
+        return checkpoint(_mix_and_project, mixers, zxbcdt, use_reentrant=False, preserve_rng_state=False)
+    return _mix_and_project(mixers, zxbcdt)
+
+
+def _mix_and_project(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
     m = mixers[0]
     k, b, l, _ = zxbcdt.shape
     g, n, h, p = m.ngroups, m.d_state, m.nheads, m.headdim
