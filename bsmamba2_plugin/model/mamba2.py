@@ -156,10 +156,12 @@ def causal_conv(xBC: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     Conv1d's (ch, l) layout, which cost more than the conv on CPU.
     """
     l, d_conv = xBC.shape[2], weight.shape[-1]
-    taps = weight.to(xBC.dtype)[:, None, None]  # (k 1 1 ch d_conv)
-    out = torch.addcmul(bias.to(xBC.dtype)[:, None, None], xBC, taps[..., -1])
+    # Each tap's weights contiguous over channels: with a stride of d_conv the multiply-adds
+    # fall off the vectorised loop and run 20x slower.
+    taps = weight.to(xBC.dtype).transpose(1, 2).contiguous()[:, None, None]  # (k 1 1 d_conv ch)
+    out = torch.addcmul(bias.to(xBC.dtype)[:, None, None], xBC, taps[..., -1, :])
     for shift in range(1, min(d_conv, l)):
-        out[:, :, shift:].addcmul_(xBC[:, :, :-shift], taps[..., -1 - shift])
+        out[:, :, shift:].addcmul_(xBC[:, :, :-shift], taps[..., -1 - shift, :])
     return out
 
 
