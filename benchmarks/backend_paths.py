@@ -20,13 +20,13 @@ import math
 from pathlib import Path
 
 import torch
-from train_throughput import ROOT, measure_training_step  # sibling script (this folder is on sys.path)
 
 from bsmamba2_plugin.config import load_config
 from bsmamba2_plugin.model import BSMamba2
 from bsmamba2_plugin.model.backend import INSTALL_HINT, mamba_ssm_kernels
 
 AGREEMENT_DB = 30.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def compare_paths(model: BSMamba2, audio: torch.Tensor, dtype: torch.dtype | None) -> dict[str, float]:
@@ -54,6 +54,10 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="length of the agreement check's input")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per path")
     args = p.parse_args()
+    from train_throughput import (
+        measure_training_step,  # the sibling script (this folder is on sys.path)
+    )
+
     config = load_config(args.config)
     device = torch.device(args.device)
     if device.type != "cuda" or not torch.cuda.is_available():
