@@ -21,7 +21,7 @@ tune_cpu_allocator()  # before torch allocates, as the trainer's command does
 
 import torch  # noqa: E402
 
-from bsmamba2_plugin.config import load_config  # noqa: E402
+from bsmamba2_plugin.config import ConfigError, load_config  # noqa: E402
 from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.model.backend import BACKENDS, resolve_backend  # noqa: E402
 from bsmamba2_plugin.train.ema import WeightEMA  # noqa: E402
@@ -81,7 +81,10 @@ def main() -> None:
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="Mamba2 implementation (default: BSMAMBA2_BACKEND, else auto)")
     args = p.parse_args()
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        raise SystemExit(f"train_throughput.py: {error}") from None
     device = torch.device(args.device)
     batch = args.batch_size or int(config.training.batch_size)
     chunk = int(config.audio.chunk_size)
