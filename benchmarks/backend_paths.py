@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from bsmamba2_plugin.config import ConfigError, load_config
 from bsmamba2_plugin.model import BSMamba2
 from bsmamba2_plugin.model.backend import INSTALL_HINT, mamba_ssm_kernels
 
@@ -55,12 +54,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=5, help="timed training steps per path")
     args = p.parse_args()
     # The sibling script (this folder is on sys.path), imported here: it tunes the allocator on import.
-    from train_throughput import measure_training_step
+    from train_throughput import measure_training_step, read_config
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        raise SystemExit(f"backend_paths.py: {error}") from None
+    config = read_config(args.config)
     device = torch.device(args.device)
     if device.type != "cuda" or not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: no CUDA device here; mamba-ssm's kernels run only on CUDA")

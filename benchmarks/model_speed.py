@@ -52,6 +52,15 @@ def matmul_gflops(size: int = 4096, repeats: int = 3) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def ssd_flops(sequences: int, padded: int, chunk: int, n: int, h: int, p: int) -> dict[str, float]:
+    """Matrix-product FLOPs of `ssd_chunked` on `sequences` sequences of `padded` steps (h heads of p,
+    d_state n, one group): inside the chunks C B^T (shared by the heads) and scores @ x; between
+    them the states out of every chunk but the last and into every chunk but the first."""
+    q = min(padded, chunk)
+    return {"ssd_intra_chunk": 2 * sequences * padded * q * (n + h * p),
+            "ssd_states": 4 * sequences * (padded - q) * n * h * p}
+
+
 def forward_flops(model: BSMamba2, samples: int) -> dict[str, float]:
     """Matrix-product FLOPs of one forward on (1, channels, samples), by component."""
     hop = model.stft_kwargs["hop_length"]
@@ -63,16 +72,12 @@ def forward_flops(model: BSMamba2, samples: int) -> dict[str, float]:
     n, h, p, d_inner = mixer.d_state, mixer.nheads, mixer.headdim, mixer.d_inner
 
     def bidirectional(sequences: int, length: int) -> dict[str, float]:
+        tokens = 2 * sequences * length  # two directions
         padded = padded_length(length, mixer.torch_chunk_size)  # the scan's own work is on padded chunks
-        q = min(padded, mixer.torch_chunk_size)
-        tokens, scanned = 2 * sequences * length, 2 * sequences * padded  # two directions
-        flops = {
+        return {
             "projections": 2 * tokens * dim * (d_in_proj + d_inner) + 2 * (tokens // 2) * 2 * dim * dim,
-            "ssd_intra_chunk": 2 * scanned * q * n + 2 * scanned * q * h * p,  # C B^T, scores @ x
+            **ssd_flops(2 * sequences, padded, mixer.torch_chunk_size, n, h, p),
         }
-        if padded > q:  # states in and out of each chunk
-            flops["ssd_states"] = 2 * 2 * scanned * n * h * p
-        return flops
 
     total: dict[str, float] = {}
     for sequences, length in ((bands, frames), (frames, bands)):  # time modules, band modules
@@ -147,9 +152,9 @@ def main() -> None:
     # adds B x^T and reads C^T h (5 n p); the chunked form's products cost 4 n p for the states in
     # and out of the chunks plus 2 Q (n / heads + p) inside them. So its advantage over the loop is
     # bounded by how far the loop falls short of the matmul rate.
-    padded = padded_length(length, chunk)
-    state_flops = 4 * sequences * (padded - chunk) * d_state * heads * headdim  # the same for any chunk size
-    chunked_flops = 2 * sequences * padded * chunk * (d_state + heads * headdim) + state_flops
+    scan_flops = ssd_flops(sequences, padded_length(length, chunk), chunk, d_state, heads, headdim)
+    state_flops = scan_flops["ssd_states"]  # about the same for any chunk size
+    chunked_flops = sum(scan_flops.values())
     sequential_flops = 5 * sequences * length * heads * d_state * headdim
     print(f"SSD scan at L={length} ({sequences} sequences x {heads} heads, d_state {d_state}, chunk {chunk}):"
           f" chunked {t_chunked * 1e3:.0f} ms ({chunked_flops / 1e9:.1f} GFLOP, {chunked_flops / t_chunked / 1e9:.0f}"
@@ -161,6 +166,7 @@ def main() -> None:
     print(f"  at the matmul rate the chunked scan's products need {bound * 1e3:.0f} ms (those of the states"
           f" alone, whatever the chunk size, {floor * 1e3:.0f} ms): against this sequential run a chunked scan"
           f" in fp32 can be at most {t_sequential / bound:.0f}x ({t_sequential / floor:.0f}x) faster on this machine")
+
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ from bsmamba2_plugin.train.loss import PaperLoss  # noqa: E402
 from bsmamba2_plugin.train.optimizers import build_optimizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_config(path: str) -> Any:
+    """The MSST config at `path`; a missing or bad one ends the script with one line naming it."""
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {error}") from None
 
 
 def measure_training_step(config: Any, device: torch.device, batch: int, steps: int = 5, warmup: int = 1,
@@ -81,10 +90,7 @@ def main() -> None:
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="Mamba2 implementation (default: BSMAMBA2_BACKEND, else auto)")
     args = p.parse_args()
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        raise SystemExit(f"train_throughput.py: {error}") from None
+    config = read_config(args.config)
     device = torch.device(args.device)
     batch = args.batch_size or int(config.training.batch_size)
     chunk = int(config.audio.chunk_size)
