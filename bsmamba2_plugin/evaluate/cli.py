@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.evaluate.dataset import find_tracks
+from bsmamba2_plugin.evaluate.track_folders import find_tracks
 from bsmamba2_plugin.atomic_file import write_bytes_atomically
 from bsmamba2_plugin.evaluate.report import csv_text, figure_png, msst_table
 from bsmamba2_plugin.evaluate.run import evaluate_tracks

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from bsmamba2_plugin.evaluate.dataset import Track, read_audio
+from bsmamba2_plugin.evaluate.track_folders import TrackFolder, read_audio
 from bsmamba2_plugin.evaluate.scoring import StemScore, score_stem
 
 
@@ -17,7 +17,7 @@ class Evaluation:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def _estimate_file(folder: Path, track: Track, stem: str) -> Path:
+def _estimate_file(folder: Path, track: TrackFolder, stem: str) -> Path:
     for candidate in (folder / track.name / f"{stem}.{track.extension}",
                       folder / track.name / "mixture" / f"{stem}.{track.extension}"):
         if candidate.is_file():
@@ -26,14 +26,14 @@ def _estimate_file(folder: Path, track: Track, stem: str) -> Path:
 
 
 def evaluate_tracks(
-    tracks: list[Track],
+    tracks: list[TrackFolder],
     *,
     separator=None,
     estimates_folder: Path | None = None,
     stems: list[str] | None = None,
     duration: float | None = None,
     silence_threshold_db: float = -60.0,
-    on_track: Callable[[Track], None] | None = None,
+    on_track: Callable[[TrackFolder], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     if (separator is None) == (estimates_folder is None):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.evaluate.dataset import Track, find_tracks, read_audio
+from bsmamba2_plugin.evaluate.track_folders import TrackFolder, find_tracks, read_audio
 from bsmamba2_plugin.atomic_file import write_bytes_atomically
 from bsmamba2_plugin.evaluate.report import msst_table
 from bsmamba2_plugin.evaluate.scoring import StemScore, StemSummary, score_stem, summarize
@@ -48,7 +48,7 @@ class ValidationResult:
                 for s in self.summaries}
 
 
-def find_validation_tracks(valid_paths: list[str], instruments: list[str], sample_rate: int) -> list[Track]:
+def find_validation_tracks(valid_paths: list[str], instruments: list[str], sample_rate: int) -> list[TrackFolder]:
     """Every validation track, each checked to hold a mixture and every instrument at the config's rate."""
     try:
         tracks = find_tracks([Path(p) for p in valid_paths])
@@ -72,7 +72,7 @@ def find_validation_tracks(valid_paths: list[str], instruments: list[str], sampl
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, tracks: list[Track], config: Any, device: torch.device,
+def validate(model: torch.nn.Module, tracks: list[TrackFolder], config: Any, device: torch.device,
              silence_threshold_db: float = -60.0, progress: bool = True) -> ValidationResult:
     separator = Separator(config, model=model, device=device)  # puts the model in eval mode
     scores: list[StemScore] = []
