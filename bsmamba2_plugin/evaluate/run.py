@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -60,6 +60,7 @@ def evaluate_tracks(
     duration: float | None = None,
     silence_threshold_db: float = -60.0,
     on_track: Callable[[Track], None] | None = None,
+    metrics: Sequence[str] = (),
 ) -> Evaluation:
     if (separator is None) == (estimates_folder is None):
         raise ValueError("evaluate with either a model (separator) or an estimates folder")
@@ -81,6 +82,7 @@ def evaluate_tracks(
                 else:
                     estimates, length = segmented_estimates(separator, mixture, rate, duration)
             else:
+                mixture = read_audio(track.mixture_path)[0] if "log_wmse" in metrics else None
                 estimates, length, rate = {}, None, None
                 for stem in stems:
                     estimates[stem], rate = read_audio(_estimate_file(estimates_folder, track, stem))
@@ -91,7 +93,8 @@ def evaluate_tracks(
                     raise ValueError(f"{track.stem_path(stem)} is at {reference_rate} Hz, the mixture at {rate} Hz")
                 if length is not None:
                     reference = reference[:, :length]
-                rows.append(score_stem(track.name, stem, reference, estimates[stem], rate, silence_threshold_db))
+                rows.append(score_stem(track.name, stem, reference, estimates[stem], rate, silence_threshold_db,
+                                       metrics, mixture))
             result.scores.extend(rows)
         except (KeyboardInterrupt, SystemExit):
             raise

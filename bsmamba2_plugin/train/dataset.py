@@ -65,7 +65,8 @@ class MSSTrainingDataset(Dataset):
         if not 0.0 <= self.silent_stem_prob <= 1.0:
             raise TrainingConfigError(f"training.silent_stem_prob must be within [0, 1], got {self.silent_stem_prob}")
         self.activity = ActivityCheck.from_config(training.get("activity_check", None))
-        self.augmentations = Augmentations.from_config(config.get("augmentations", None), self.instruments)
+        self.augmentations = Augmentations.from_config(config.get("augmentations", None), self.instruments,
+                                                       int(audio.get("sample_rate", 44100)))
         self.tracks, self.scan_report = scan_tracks(
             data_paths, self.instruments, int(audio.get("sample_rate", 44100)), self.channels,
             require_all_instruments=dataset_type == 4,
@@ -100,7 +101,7 @@ class MSSTrainingDataset(Dataset):
         gains = self.augmentations.gains(len(stems), rng)
         if gains is not None:
             stems *= gains[:, None, None]
-        mixture = stems.sum(axis=0)
+        mixture = self.augmentations.mixture(stems.sum(axis=0), rng)
         if self.target_index is not None:
             stems = stems[self.target_index : self.target_index + 1]
         return torch.from_numpy(np.ascontiguousarray(stems)), torch.from_numpy(mixture), torch.from_numpy(counters)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import math
 import os
 import random
@@ -29,14 +30,19 @@ from tqdm.auto import tqdm
 
 from bsmamba2_plugin.checkpoint import load_weights, read_state_dict
 from bsmamba2_plugin.config import load_config
+from bsmamba2_plugin.config_keys import warn_unused_keys
+from bsmamba2_plugin.metrics import METRIC_DIRECTIONS
 from bsmamba2_plugin.model import BSMamba2
 
+from .augmentations import ChunkSizeAugmentation
 from .checkpoints import (
     FORMAT_VERSION,
     MODEL_TYPE,
     best_checkpoint_path,
+    every_epoch_checkpoint_path,
     capture_rng_state,
     last_checkpoint_path,
+    load_compatible_weights,
     read_training_checkpoint,
     restore_rng_state,
     save_atomically,
@@ -45,10 +51,12 @@ from .dataset import COUNTER_NAMES, MSSTrainingDataset, SeededMSSTDataset
 from .distributed import DistributedContext
 from .ema import WeightEMA
 from .errors import NonFiniteLossError, TrainingConfigError
-from .loss import PaperLoss
+from .loss import COEF_DEFAULTS, MSST_LOSSES, MSSTLoss, PaperLoss
 from .optimizers import build_optimizer, build_scheduler
 from .tensorboard_log import ScalarLog
-from .validation import METRICS, append_csv, find_validation_tracks, report_text, timed_validation
+from bsmamba2_plugin.evaluate.scoring import ALWAYS, average, extra_metrics
+
+from .validation import append_csv, find_validation_tracks, report_text, timed_validation
 
 
 class EpochBatches(Sampler[int]):
@@ -95,6 +103,8 @@ class Trainer:
         self.dist = DistributedContext.from_environment()
         self.out = sys.stdout if self.dist.is_main else open(os.devnull, "w")
         self.config = load_config(args.config_path)
+        if self.dist.is_main:
+            warn_unused_keys(self.config, str(args.config_path))
         training = required(self.config, "", "training")
         model_type = training.get("model_type", args.model_type or MODEL_TYPE)
         if model_type != MODEL_TYPE:
@@ -113,8 +123,11 @@ class Trainer:
         self.normalize = bool(training.get("normalize", False))
         self.results_path = Path(args.results_path)
         self.metric = args.metric_for_scheduler
-        if self.metric not in METRICS:
-            raise TrainingConfigError(f"--metric_for_scheduler {self.metric!r}: choose one of {sorted(METRICS)}")
+        self.metrics = list(dict.fromkeys(getattr(args, "metrics", None) or [self.metric]))
+        if self.metric not in METRIC_DIRECTIONS:
+            raise TrainingConfigError(
+                f"--metric_for_scheduler {self.metric!r}: choose one of {sorted(METRIC_DIRECTIONS)}")
+        self.chunk_augmentation = ChunkSizeAugmentation.from_config(self.config)
 
         self.device = self._pick_device()
         self.autocast_dtype = self._autocast_dtype(training)
@@ -124,12 +137,12 @@ class Trainer:
 
         self.model = BSMamba2.from_config(self.config).to(self.device)
         if args.start_check_point:
-            load_weights(self.model, read_state_dict(args.start_check_point),
-                         origin=f"--start_check_point {args.start_check_point}")
-            self._print(f"Loaded weights from {args.start_check_point}")
-        self.loss_fn = PaperLoss(self.model.loss_settings, float(training.get("waveform_loss_weight", 10.0)))
-        self.loss_fn.check_length(self.chunk_size)
+            self._load_start_weights(args.start_check_point)
+        self._freeze_layers()
+        self.loss_fn = self._build_loss(training)
+        self.loss_fn.check_length(self.chunk_augmentation.minimum if self.chunk_augmentation else self.chunk_size)
         self.loss_fn.to(self.device)
+        self._set_memory_fraction()
         self.optimizer = build_optimizer(self.config, self.model.parameters())
         self.scheduler = build_scheduler(self.config, self.optimizer)
         decay = float(training.get("ema_momentum", 0) or 0)
@@ -145,6 +158,8 @@ class Trainer:
                                                        int(self.config.audio.get("sample_rate", 44100)))
         else:
             self._print("No --valid_path: no validation, no best checkpoint; last_bsmamba2.ckpt is still written")
+        if self.valid_tracks:
+            self._validation_options()  # refuse metrics the validation cannot compute before training starts
 
         self.resumed_from = self._resume_or_start()
         self.train_model: nn.Module = self.model
@@ -154,6 +169,54 @@ class Trainer:
         self.log = ScalarLog(self.results_path / "tensorboard", enabled=self.dist.is_main and not args.no_tensorboard)
 
     # ----------------------------------------------------------------- setup
+    def _load_start_weights(self, path: str) -> None:
+        origin = f"--start_check_point {path}"
+        if not getattr(self.args, "load_only_compatible_weights", False):
+            load_weights(self.model, read_state_dict(path), origin=origin)
+            self._print(f"Loaded weights from {path}")
+            return
+        loaded, skipped = load_compatible_weights(self.model, read_state_dict(path))
+        self._print(f"Loaded {len(loaded)} of {len(self.model.state_dict())} tensors from {path} "
+                    f"(--load_only_compatible_weights)")
+        for line in skipped:
+            self._print(f"  not loaded: {line}")
+
+    def _freeze_layers(self) -> None:
+        """MSST's --freeze_layers: parameters whose name starts with any prefix get requires_grad False."""
+        prefixes = getattr(self.args, "freeze_layers", None)
+        if not prefixes:
+            return
+        frozen = [name for name, p in self.model.named_parameters() if any(name.startswith(x) for x in prefixes)]
+        if not frozen:
+            names = sorted({name.split(".")[0] for name, _ in self.model.named_parameters()})
+            raise TrainingConfigError(f"--freeze_layers {prefixes}: no parameter name starts with these; "
+                                      f"top-level names are {names}")
+        for name, parameter in self.model.named_parameters():
+            if name in frozen:
+                parameter.requires_grad_(False)
+        total = sum(1 for _ in self.model.parameters())
+        self._print(f"Frozen layers: {len(frozen)}; trainable layers: {total - len(frozen)} "
+                    f"(--freeze_layers {' '.join(prefixes)})")
+
+    def _build_loss(self, training: Any) -> nn.Module:
+        """The paper's loss unless --loss or --use_standard_loss asks for MSST's (default masked_loss)."""
+        a = self.args
+        names = getattr(a, "loss", None)
+        if names is None and not getattr(a, "use_standard_loss", False):
+            return PaperLoss(self.model.loss_settings, float(training.get("waveform_loss_weight", 10.0)))
+        names = names or ["masked_loss"]
+        coefficients = {n: getattr(a, f"{n}_coef", COEF_DEFAULTS[n]) for n in MSST_LOSSES}
+        return MSSTLoss(names, coefficients, self.config)
+
+    def _set_memory_fraction(self) -> None:
+        if not getattr(self.args, "set_per_process_memory_fraction", False):
+            return
+        if self.device.type != "cuda":
+            self._print("--set_per_process_memory_fraction has no effect on CPU (it limits CUDA memory)")
+            return
+        torch.cuda.set_per_process_memory_fraction(1.0, self.device)  # MSST's value
+        torch.cuda.empty_cache()
+
     def _print(self, *parts: Any, end: str = "\n") -> None:
         print(*parts, file=self.out, flush=True, end=end)
 
@@ -317,10 +380,13 @@ class Trainer:
         self._print(
             f"Instruments: {list(self.config.training.instruments)}"
             f" (target: {self.config.training.get('target_instrument', None)})\n"
-            f"Metric for best checkpoint and scheduler: {self.metric}\n"
+            f"Metrics: {self.metrics}. Metric for best checkpoint and scheduler: {self.metric}\n"
+            f"Loss: {self.loss_fn.describe()}\n"
             f"Batch size: {self.batch_size} Grad accum steps: {self.accumulation} Processes: {self.dist.world_size} "
             f"Effective batch size: {eff}\n"
-            f"Dataset type: {self.args.dataset_type} Chunk: {self.chunk_size} samples\n"
+            f"Dataset type: {self.args.dataset_type} Chunk: {self.chunk_size} samples"
+            + (f" (chunk_size_augm: each batch cut to {self.chunk_augmentation.minimum}.."
+               f"{self.chunk_augmentation.maximum})" if self.chunk_augmentation else "") + "\n"
             f"Optimizer: {self.config.training.get('optimizer', 'adam')} lr {self.config.training.lr} "
             f"Device: {self.device} Precision: {self.autocast_dtype or torch.float32}\n"
             f"Model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters\n"
@@ -349,7 +415,7 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             estimate = self.train_model(mixture)
-        return self.loss_fn(estimate, stems)
+        return self.loss_fn(estimate, stems, mixture)
 
     def train_epoch(self) -> None:
         s, a = self.state, self.args
@@ -368,6 +434,9 @@ class Trainer:
             boundary = (index + 1) % self.accumulation == 0 or index + 1 == self.num_steps
             for k, value in enumerate(counters.sum(0).tolist()):
                 s.data_counters[k] += int(value)
+            if self.chunk_augmentation is not None:  # MSST's music_collate_fn: the batch's first L samples
+                length = self.chunk_augmentation.length(a.seed, s.epoch, index)
+                stems, mixture = stems[..., :length], mixture[..., :length]
             mixture = mixture.to(self.device, non_blocking=True)
             stems = stems.to(self.device, non_blocking=True)
             sync = boundary or not self.dist.enabled
@@ -451,35 +520,56 @@ class Trainer:
         self.ema.copy_to(self._ema_model)
         return self._ema_model
 
+    def _validation_options(self) -> dict[str, Any]:
+        """The metrics beyond sdr/csdr/leakage go to the validation once it takes them (see NOTES-i12.md)."""
+        extra = extra_metrics(self.metrics)
+        if "metrics" in inspect.signature(timed_validation).parameters:
+            return {"metrics": self.metrics}
+        if extra:
+            raise TrainingConfigError(f"--metrics {extra}: this build's validation computes only sdr, csdr and "
+                                      f"leakage")
+        return {}
+
     def validate_and_select(self, epoch: int) -> None:
         s = self.state
         value = math.nan
         if self.valid_tracks and self.dist.is_main:
             result, seconds = timed_validation(self.validation_model(), self.valid_tracks, self.config, self.device,
-                                               progress=not self.args.no_progress)
+                                               progress=not self.args.no_progress, **self._validation_options())
             self._print(report_text(result, seconds), end="")
             csv_path = append_csv(self.results_path, epoch, result)
-            value = result.average(self.metric)
+            value = average(result.summaries, self.metric)
+            per_instrument = {summary.stem: {m: summary.value(m) for m in dict.fromkeys([*ALWAYS, *self.metrics])}
+                              for summary in result.summaries}
+            averages = {m: average(result.summaries, m) for m in self.metrics}
             if epoch >= 0:
-                s.all_metrics[f"epoch_{epoch}"] = result.per_instrument()
-            for instrument, metrics in result.per_instrument().items():
+                s.all_metrics[f"epoch_{epoch}"] = per_instrument
+            for instrument, metrics in per_instrument.items():
                 self.log.scalars(s.global_step, {f"valid/{instrument}/{k}": v for k, v in metrics.items()})
-            self.log.scalars(s.global_step, {f"valid/avg_{self.metric}": value})
+            self.log.scalars(s.global_step, {f"valid/avg_{m}": v for m, v in averages.items()})
             self._print(f"Validation metrics appended to {csv_path}")
+            if epoch >= 0 and self.args.save_weights_every_epoch:
+                path = every_epoch_checkpoint_path(self.results_path, epoch, averages)
+                self._print(f"Store weights: {path}")
+                save_atomically(self.checkpoint_payload(), path)
         value = float(self.dist.broadcast(value))
         if epoch < 0 or math.isnan(value):
             s.epoch_validated = True
             if epoch >= 0:
                 self.save_last()
             return
-        higher_better = METRICS[self.metric][1]
+        higher_better = METRIC_DIRECTIONS[self.metric]
         score = value if higher_better else -value
         best_score = s.best_metric if higher_better else -s.best_metric
         if s.best_metric == -math.inf or score > best_score:
             s.best_metric = value
             s.epoch_validated = True
             if self.dist.is_main:
-                path = best_checkpoint_path(self.results_path, epoch, self.metric, value)
+                per_stem = None
+                if self.args.each_metrics_in_name:
+                    per_stem = {stem: [sc.value(self.metric) for sc in result.scores if sc.stem == stem]
+                                for stem in dict.fromkeys(sc.stem for sc in result.scores)}
+                path = best_checkpoint_path(self.results_path, epoch, self.metric, value, per_stem)
                 self._print(f"Store weights: {path}")
                 save_atomically(self.checkpoint_payload(), path)
         self.scheduler.step(score)
