@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bsmamba2_plugin.atomic_file import atomic_path
+
 MODEL_TYPE = "bsmamba2"
 FORMAT_VERSION = 1
 
@@ -44,28 +46,11 @@ def every_epoch_checkpoint_path(results_path: str | os.PathLike[str], epoch: int
 
 
 def save_atomically(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """torch.save to a temporary file in the same folder, flush + fsync, then rename over `path`.
-
-    A kill at any moment leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
-    return path
+    """torch.save through `bsmamba2_plugin.atomic_file`: a kill at any moment leaves either the old
+    file or the new one, never a torn one."""
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
+    return Path(path)
 
 
 def load_compatible_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
