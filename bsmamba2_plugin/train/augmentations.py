@@ -20,6 +20,7 @@ resumed run sees the same data. The effects themselves are deterministic given t
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 import warnings
 from collections.abc import Iterator, Mapping
@@ -193,13 +194,19 @@ class Augmentations:
             def path(key: str) -> str:
                 return f"augmentations.{instrument if key in own else 'all'}.{key}"
 
+            def need(name: str, by: str) -> Any:
+                if name not in merged:
+                    raise TrainingConfigError(
+                        f"{path(by)} needs {name} (in augmentations.all or augmentations.{instrument}), as in MSST; "
+                        f"it is missing")
+                return merged[name]
+
             per_stem[instrument] = {k: _probability(merged[k], path(k)) for k in BASIC_PER_STEM if k in merged}
             chosen = []
             for key, (class_name, arguments, fixed) in AUDIOMENTATIONS.items():
                 p = _probability(merged[key], path(key)) if key in merged else 0.0
                 if p > 0:
-                    values = {arg: _require(merged, name, f"augmentations.{instrument}/all", path(key))
-                              for arg, name in arguments.items()}
+                    values = {arg: need(name, key) for arg, name in arguments.items()}
                     chosen.append(StemEffect(key, p, "audiomentations", class_name, {**values, **fixed}))
                     wanted[path(key)] = "audiomentations"
                     if values.get("backend") in ("lameenc", "pydub"):
@@ -207,10 +214,7 @@ class Augmentations:
             for key, (class_name, arguments, fixed) in PEDALBOARD.items():
                 p = _probability(merged[key], path(key)) if key in merged else 0.0
                 if p > 0:
-                    ranges = {arg: (float(_require(merged, f"{prefix}_min", f"augmentations.{instrument}/all",
-                                                   path(key))),
-                                    float(_require(merged, f"{prefix}_max", f"augmentations.{instrument}/all",
-                                                   path(key))))
+                    ranges = {arg: (float(need(f"{prefix}_min", key)), float(need(f"{prefix}_max", key)))
                               for arg, prefix in arguments.items()}
                     chosen.append(StemEffect(key, p, "pedalboard", class_name, dict(fixed), ranges))
                     wanted[path(key)] = "pedalboard"
@@ -262,8 +266,15 @@ class Augmentations:
         if effect.library == "audiomentations":
             import audiomentations
 
-            transform = getattr(audiomentations, effect.class_name)(**effect.fixed, p=1.0)
-            with seeded_global_generators(rng):
+            kind = getattr(audiomentations, effect.class_name)
+            options = dict(effect.fixed)
+            if options.get("backend") == "lameenc" and "preserve_delay" in inspect.signature(kind).parameters:
+                options["preserve_delay"] = True  # audiomentations >= 0.43 refuses lameenc without it
+            with warnings.catch_warnings():  # its repr bookkeeping warns about every constructor argument
+                warnings.filterwarnings("ignore", message="Warning: attribute .* is not found in the transform")
+                transform = kind(**options, p=1.0)
+            with seeded_global_generators(rng), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Warning: attribute .* is not found in the transform")
                 return np.asarray(transform(samples=source, sample_rate=self.sample_rate), dtype=np.float32)
         import pedalboard
 

@@ -1,0 +1,279 @@
+"""MSST train.py's options in the standalone trainer: config-key warnings, augmentations, losses,
+fine-tuning flags. Losses are compared with the real `msst` package's `choice_loss`; it imports
+torchaudio at import time, which does not load with torch 2.13 here, so that comparison runs in a
+subprocess with the test-only torchaudio stand-in (tests/torchaudio_stand_in: every class raises
+if called; the compared losses never call torchaudio)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ml_collections import ConfigDict
+
+from bsmamba2_plugin import config_keys
+from bsmamba2_plugin.config import load_config
+from bsmamba2_plugin.train.augmentations import Augmentations, ChunkSizeAugmentation
+from bsmamba2_plugin.train.dataset import MSSTrainingDataset
+from bsmamba2_plugin.train.errors import TrainingConfigError
+from bsmamba2_plugin.train.loss import MSSTLoss
+from train_fixtures import make_tracks, run_train, tiny_config
+
+HERE = Path(__file__).parent
+STAND_IN = HERE / "torchaudio_stand_in"
+MSST_CONFIGS = Path("/tmp/msst/configs")
+
+
+def with_keys(path: Path, **sections) -> Path:
+    config = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# --------------------------------------------------------------------------- config keys
+def test_every_unused_key_warns_once_with_its_path_and_file(tmp_path):
+    path = with_keys(tiny_config(tmp_path / "c.yaml"),
+                     augmentations={"mp3_compresion_on_mixture": 0.1, "vocals": {"pitch_shfit": 0.5}},
+                     training={"other_fix": True, "no_such_key": 1}, inference={"dim_t": 801, "precision": "fp32"})
+    config = load_config(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths = config_keys.warn_unused_keys(config, str(path))
+        again = config_keys.warn_unused_keys(config, str(path))
+    assert sorted(paths) == sorted(again) == ["augmentations.mp3_compresion_on_mixture",
+                                              "augmentations.vocals.pitch_shfit", "training.no_such_key",
+                                              "training.other_fix"]
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 4  # once each, not again on the second call
+    assert any(m.startswith(f"{path}: config key augmentations.mp3_compresion_on_mixture is ignored") for m in messages)
+
+
+def test_shipped_configs_and_msst_augmentation_sections_are_fully_known():
+    for path in sorted((HERE.parent / "configs").glob("*.yaml")):
+        assert config_keys.unused_keys(load_config(path)) == [], path
+    msst_config = MSST_CONFIGS / "config_musdb18_mdx23c.yaml"
+    if not msst_config.is_file():
+        pytest.skip("MSST checkout at /tmp/msst not present (fetch github:ZFTurbo/Music-Source-Separation-Training)")
+    config = ConfigDict(yaml.load(msst_config.read_text(), Loader=yaml.FullLoader))
+    unused = [p for p, _ in config_keys.unused_keys(config)]
+    assert unused and all(p.startswith("model.") for p in unused)  # mdx23c's model keys, nothing else
+
+
+def test_the_trainer_names_unused_keys_at_start(tmp_path):
+    data = make_tracks(tmp_path / "train", count=2)
+    config = with_keys(tiny_config(tmp_path / "c.yaml", num_steps=1, num_epochs=1),
+                       augmentations={"mp3_compresion_on_mixture": 0.1})
+    result = run_train(["--config_path", str(config), "--data_path", str(data), "--results_path",
+                        str(tmp_path / "r"), "--no_tensorboard"])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("config key augmentations.mp3_compresion_on_mixture is ignored") == 1
+
+
+# -------------------------------------------------------------------------- augmentations
+def augmented_config(tmp_path: Path, **augmentations):
+    path = with_keys(tiny_config(tmp_path / "aug.yaml"), augmentations=augmentations)
+    return load_config(path)
+
+
+def test_mp3_compression_on_mixture_changes_only_the_mixture_and_repeats_per_seed_epoch_index(tmp_path):
+    pytest.importorskip("audiomentations")
+    pytest.importorskip("lameenc")
+    data = make_tracks(tmp_path / "train", count=2)
+    config = augmented_config(tmp_path, mp3_compression_on_mixture=1.0, mp3_compression_on_mixture_bitrate_min=32,
+                              mp3_compression_on_mixture_bitrate_max=64, mp3_compression_on_mixture_backend="lameenc")
+    config.training.target_instrument = None
+    dataset = MSSTrainingDataset(config, [str(data)], 1, 8, seed=3)
+    stems, mixture, _ = dataset[5]
+    assert not torch.allclose(mixture, stems.sum(0), atol=1e-3)  # MP3 artefacts on the mixture
+    plain = load_config(tiny_config(tmp_path / "plain.yaml"))
+    plain.training.target_instrument = None
+    stems_plain, mixture_plain, _ = MSSTrainingDataset(plain, [str(data)], 1, 8, seed=3)[5]
+    assert torch.equal(stems, stems_plain)  # stems untouched; the generator stream is shared up to the MP3 step
+    again = MSSTrainingDataset(config, [str(data)], 1, 8, seed=3)[5]
+    assert torch.equal(again[1], mixture)
+
+
+def test_audiomentations_and_pedalboard_effects_run_in_order_and_are_reproducible(tmp_path):
+    pytest.importorskip("audiomentations")
+    pytest.importorskip("pedalboard")
+    section = {"enable": True, "all": {
+        "pitch_shift": 1.0, "pitch_shift_min_semitones": -2, "pitch_shift_max_semitones": 2,
+        "gaussian_noise": 1.0, "gaussian_noise_min_amplitude": 0.001, "gaussian_noise_max_amplitude": 0.01,
+        "pedalboard_reverb": 1.0, **{f"pedalboard_reverb_{p}_{e}": v for p in
+                                     ("room_size", "damping", "wet_level", "dry_level", "width")
+                                     for e, v in (("min", 0.3), ("max", 0.9))},
+        "pedalboard_distortion": 1.0, "pedalboard_distortion_drive_db_min": 1, "pedalboard_distortion_drive_db_max": 5,
+    }}
+    aug = Augmentations.from_config(section, ["vocals"])
+    assert [e.key for e in aug.effects["vocals"]] == ["pitch_shift", "gaussian_noise", "pedalboard_reverb",
+                                                      "pedalboard_distortion"]
+    source = (0.3 * np.sin(np.linspace(0, 400, 8192))[None].repeat(2, 0)).astype(np.float32)
+    state = (np.random.get_state()[1].copy(), __import__("random").getstate())
+    first = aug.stem(source, "vocals", np.random.default_rng([1, 2, 3]))
+    second = aug.stem(source, "vocals", np.random.default_rng([1, 2, 3]))
+    other = aug.stem(source, "vocals", np.random.default_rng([1, 2, 4]))
+    assert first.shape == source.shape and first.dtype == np.float32
+    assert np.array_equal(first, second) and not np.allclose(first, other) and not np.allclose(first, source)
+    assert np.array_equal(np.random.get_state()[1], state[0]) and __import__("random").getstate() == state[1]
+
+
+def test_missing_effect_library_is_an_error_naming_the_keys_and_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pedalboard", None)  # import pedalboard now raises ImportError
+    section = {"enable": True, "vocals": {"pedalboard_bitcrash": 0.5, "pedalboard_bitcrash_bit_depth_min": 4,
+                                          "pedalboard_bitcrash_bit_depth_max": 8}}
+    with pytest.raises(TrainingConfigError) as error:
+        Augmentations.from_config(section, ["vocals"])
+    assert "augmentations.vocals.pedalboard_bitcrash" in str(error.value)
+    assert 'bsmamba2-plugin[augment]' in str(error.value)
+    with pytest.raises(TrainingConfigError, match="augmentations.all.pitch_shift needs pitch_shift_min_semitones"):
+        Augmentations.from_config({"enable": True, "all": {"pitch_shift": 0.5}}, ["vocals"])
+
+
+def test_chunk_size_augmentation_draws_msst_range_per_batch(tmp_path):
+    config = augmented_config(tmp_path, chunk_size_augm=True, chunk_size_min=1000, chunk_size_max=9000)
+    augmentation = ChunkSizeAugmentation.from_config(config)
+    assert (augmentation.minimum, augmentation.maximum) == (1000, 4096)  # capped at audio.chunk_size, as MSST
+    lengths = [augmentation.length(0, 1, b) for b in range(200)]
+    assert min(lengths) >= 1000 and max(lengths) <= 4096 and len(set(lengths)) > 100
+    assert lengths == [augmentation.length(0, 1, b) for b in range(200)]
+    data = make_tracks(tmp_path / "train", count=2)
+    path = with_keys(tiny_config(tmp_path / "c.yaml", num_steps=2, num_epochs=1),
+                     augmentations={"chunk_size_augm": True, "chunk_size_min": 1500, "chunk_size_max": 3000})
+    result = run_train(["--config_path", str(path), "--data_path", str(data), "--results_path", str(tmp_path / "r"),
+                        "--no_tensorboard"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "chunk_size_augm: each batch cut to 1500..3000" in result.stdout
+
+
+# --------------------------------------------------------------------------------- losses
+LOSS_SCRIPT = r"""
+import argparse, json, sys, torch
+from ml_collections import ConfigDict
+from msst.utils.losses import choice_loss
+from bsmamba2_plugin.train.loss import MSSTLoss, MSST_LOSSES
+config = ConfigDict(json.loads(sys.argv[1]))
+torch.manual_seed(0)
+y = torch.randn(3, 2, 2, 8192); y_pred = y + 0.3 * torch.randn_like(y); x = y.sum(1)
+out = {}
+for names in json.loads(sys.argv[2]):
+    coefs = {f"{n}_coef": 0.25 + k for k, n in enumerate(MSST_LOSSES)}
+    theirs = choice_loss(argparse.Namespace(loss=names, **coefs), config)(y_pred, y, x)
+    ours = MSSTLoss(names, {n: coefs[f"{n}_coef"] for n in MSST_LOSSES}, config)(y_pred, y, x)
+    out["+".join(names)] = [float(theirs), float(ours)]
+print(json.dumps(out))
+"""
+
+
+def test_msst_losses_equal_the_msst_packages_choice_loss(tmp_path):
+    pytest.importorskip("msst")
+    pytest.importorskip("auraloss")
+    config = {"training": {"q": 0.9, "coarse_loss_clip": True, "instruments": ["a"]},
+              "audio": {"sample_rate": 44100, "chunk_size": 8192}, "model": {},
+              "loss_multistft": {"fft_sizes": [512, 256], "hop_sizes": [128, 64], "win_lengths": [512, 256]}}
+    names = [["masked_loss"], ["mse_loss"], ["l1_loss"], ["multistft_loss"], ["spec_masked_loss"],
+             ["spec_rmse_loss"], ["masked_loss", "l1_loss", "multistft_loss"]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(STAND_IN)])}
+    done = subprocess.run([sys.executable, "-c", LOSS_SCRIPT, json.dumps(config), json.dumps(names)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    values = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(values) == len(names)
+    for name, (theirs, ours) in values.items():
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-7), name
+    config["training"]["coarse_loss_clip"] = False  # the fine-grained masking path as well
+    done = subprocess.run([sys.executable, "-c", LOSS_SCRIPT, json.dumps(config), json.dumps([["masked_loss"]])],
+                          capture_output=True, text=True, env=env, timeout=300)
+    (theirs, ours), = json.loads(done.stdout.strip().splitlines()[-1]).values()
+    assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+def test_masked_losses_need_msst_keys_and_l1_snr_needs_its_library(tmp_path):
+    config = load_config(tiny_config(tmp_path / "c.yaml"))
+    with pytest.raises(TrainingConfigError, match="need training.q"):
+        MSSTLoss(["masked_loss"], {}, config)
+    try:
+        import torch_l1_snr  # noqa: F401
+    except Exception:  # noqa: BLE001 - here: torchaudio does not load with torch 2.13
+        with pytest.raises(TrainingConfigError, match="--loss l1_snr_loss needs torch_l1_snr"):
+            MSSTLoss(["l1_snr_loss"], {}, config)
+    else:
+        loss = MSSTLoss(["l1_snr_loss"], {}, config)
+        y = torch.randn(2, 1, 2, 4096)
+        assert float(loss(y + 0.1 * torch.randn_like(y), y)) > float(loss(y + 0.01 * torch.randn_like(y), y))
+
+
+def test_start_up_summary_names_the_loss_and_coefficients_apply(tmp_path):
+    data = make_tracks(tmp_path / "train", count=2)
+    config = tiny_config(tmp_path / "c.yaml", num_steps=1, num_epochs=1, q=0.95, coarse_loss_clip=True)
+    common = ["--config_path", str(config), "--data_path", str(data), "--no_tensorboard"]
+    paper = run_train([*common, "--results_path", str(tmp_path / "a")])
+    assert paper.returncode == 0, paper.stderr
+    assert "Loss: the paper's: 10 x L1(waveform) + 1 x multi-resolution complex STFT L1" in paper.stdout
+    standard = run_train([*common, "--results_path", str(tmp_path / "b"), "--use_standard_loss"])
+    assert "Loss: 1 x masked_loss (MSST's --loss)" in standard.stdout, standard.stderr
+    chosen = run_train([*common, "--results_path", str(tmp_path / "c"), "--loss", "l1_loss", "mse_loss",
+                        "--l1_loss_coef", "2.5"])
+    assert "Loss: 2.5 x l1_loss + 1 x mse_loss (MSST's --loss)" in chosen.stdout, chosen.stderr
+
+
+# ---------------------------------------------------------------------- fine-tuning flags
+def test_freeze_layers_keep_those_weights_and_train_the_rest(tmp_path):
+    data = make_tracks(tmp_path / "train", count=2)
+    config = tiny_config(tmp_path / "c.yaml", num_steps=2, num_epochs=1, ema_momentum=0)
+    result = run_train(["--config_path", str(config), "--data_path", str(data), "--results_path", str(tmp_path / "r"),
+                        "--no_tensorboard", "--freeze_layers", "band_split", "--seed", "1"])
+    assert result.returncode == 0, result.stderr
+    assert "Frozen layers: " in result.stdout
+    from bsmamba2_plugin.model import BSMamba2
+
+    torch.manual_seed(1)
+    initial = BSMamba2.from_config(load_config(config)).state_dict()
+    trained = torch.load(tmp_path / "r" / "last_bsmamba2.ckpt", weights_only=True)["model_state_dict"]
+    frozen = [k for k in initial if k.startswith("band_split")]
+    assert frozen and all(torch.equal(initial[k], trained[k]) for k in frozen)
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial if k.startswith("mask_estimators"))
+    bad = run_train(["--config_path", str(config), "--data_path", str(data), "--results_path", str(tmp_path / "s"),
+                     "--no_tensorboard", "--freeze_layers", "no_such_layer"])
+    assert bad.returncode == 2 and "no parameter name starts with these" in bad.stderr
+
+
+def test_load_only_compatible_weights_takes_what_fits(tmp_path):
+    from bsmamba2_plugin.model import BSMamba2
+
+    config = tiny_config(tmp_path / "c.yaml", num_steps=1, num_epochs=1)
+    donor = BSMamba2.from_config(load_config(config)).state_dict()
+    key = next(k for k in donor if k.startswith("mask_estimators") and donor[k].dim() == 2)
+    donor[key] = torch.zeros(3, 3)
+    torch.save({"model_state_dict": donor}, tmp_path / "donor.ckpt")
+    data = make_tracks(tmp_path / "train", count=2)
+    common = ["--config_path", str(config), "--data_path", str(data), "--no_tensorboard", "--start_check_point",
+              str(tmp_path / "donor.ckpt")]
+    strict = run_train([*common, "--results_path", str(tmp_path / "a")])
+    assert strict.returncode == 2 and "shape mismatch" in strict.stderr
+    tolerant = run_train([*common, "--results_path", str(tmp_path / "b"), "--load_only_compatible_weights"])
+    assert tolerant.returncode == 0, tolerant.stderr
+    assert f"not loaded: {key}: checkpoint (3, 3)" in tolerant.stdout
+
+
+def test_checkpoint_naming_flags_and_memory_fraction(tmp_path):
+    data = make_tracks(tmp_path / "train", count=2)
+    valid = make_tracks(tmp_path / "valid", count=1, seconds=2.5, with_mixture=True)
+    config = tiny_config(tmp_path / "c.yaml", num_steps=1, num_epochs=2)
+    result = run_train(["--config_path", str(config), "--data_path", str(data), "--valid_path", str(valid),
+                        "--results_path", str(tmp_path / "r"), "--no_tensorboard", "--metrics", "sdr", "csdr",
+                        "--save_weights_every_epoch", "--each_metrics_in_name", "--set_per_process_memory_fraction"])
+    names = sorted(p.name for p in (tmp_path / "r").glob("model_*.ckpt"))
+    assert result.returncode == 0, result.stderr
+    assert "--set_per_process_memory_fraction has no effect on CPU" in result.stdout
+    every = [n for n in names if "_sdr_" in n and "_csdr_" in n]
+    assert {n.split("_ep_")[1].split("_")[0] for n in every} == {"0", "1"}
+    assert any(n.startswith("model_bsmamba2_ep_0_vocals_sdr_") and "_std_0.0000" in n for n in names)
