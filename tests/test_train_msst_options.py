@@ -277,3 +277,15 @@ def test_checkpoint_naming_flags_and_memory_fraction(tmp_path):
     every = [n for n in names if "_sdr_" in n and "_csdr_" in n]
     assert {n.split("_ep_")[1].split("_")[0] for n in every} == {"0", "1"}
     assert any(n.startswith("model_bsmamba2_ep_0_vocals_sdr_") and "_std_0.0000" in n for n in names)
+
+
+def test_wandb_offline_logs_the_run_beside_the_checkpoints(tmp_path):
+    pytest.importorskip("wandb")
+    data = make_tracks(tmp_path / "train", count=2)
+    config = tiny_config(tmp_path / "c.yaml", num_steps=2, num_epochs=1)
+    result = run_train(["--config_path", str(config), "--data_path", str(data), "--results_path", str(tmp_path / "r"),
+                        "--no_tensorboard", "--wandb_offline"])
+    assert result.returncode == 0, result.stderr
+    runs = list((tmp_path / "r" / "wandb").glob("offline-run-*"))
+    records = [p.read_bytes() for p in runs[0].glob("*.wandb")] if len(runs) == 1 else []
+    assert records and b"train/loss" in records[0] and b"instruments" in records[0]  # scalars and the config

@@ -23,7 +23,6 @@ DEMO_RESULTS = Path("results") / "bsmamba2_demo"
 
 # MSST train.py options this trainer does not implement, and why.
 MSST_ONLY_FLAGS = {
-    "--wandb_key": "logging goes to TensorBoard", "--wandb_offline": "logging goes to TensorBoard",
     "--train_lora_peft": "LoRA is not implemented", "--train_lora_loralib": "LoRA is not implemented",
     "--lora_checkpoint_peft": "LoRA is not implemented", "--lora_checkpoint_loralib": "LoRA is not implemented",
     "--safe_mode": "errors are never silently skipped (non-finite losses are counted and reported instead)",
@@ -74,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also write model_bsmamba2_ep_N_<metric>_<value>....ckpt after every validation")
     msst.add_argument("--each_metrics_in_name", action="store_true",
                       help="best checkpoint names carry every stem's mean and std of --metric_for_scheduler")
+    msst.add_argument("--wandb_key", default="", help="log to Weights & Biases (project msst) with this API key")
+    msst.add_argument("--wandb_offline", action="store_true", help="log to a local wandb run under --results_path")
     msst.add_argument("--set_per_process_memory_fraction", action="store_true",
                       help="CUDA: torch.cuda.set_per_process_memory_fraction(1.0), as MSST")
     own = p.add_argument_group("bsmamba2_plugin.train flags")

@@ -53,7 +53,7 @@ from .ema import WeightEMA
 from .errors import NonFiniteLossError, TrainingConfigError
 from .loss import COEF_DEFAULTS, MSST_LOSSES, MSSTLoss, PaperLoss
 from .optimizers import build_optimizer, build_scheduler
-from .tensorboard_log import ScalarLog
+from .tensorboard_log import ScalarLog, open_wandb
 from bsmamba2_plugin.evaluate.scoring import ALWAYS, average, extra_metrics
 
 from .validation import append_csv, find_validation_tracks, report_text, timed_validation
@@ -166,7 +166,13 @@ class Trainer:
         if self.dist.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.log = ScalarLog(self.results_path / "tensorboard", enabled=self.dist.is_main and not args.no_tensorboard)
+        wandb_run = None
+        if self.dist.is_main:
+            wandb_run = open_wandb(getattr(args, "wandb_key", ""), getattr(args, "wandb_offline", False),
+                                   self.results_path, {"config": self.config.to_dict(), "args": {k: v for k, v in vars(args).items() if k != "wandb_key"},
+                                                       "batch_size": self.batch_size})
+        self.log = ScalarLog(self.results_path / "tensorboard", enabled=self.dist.is_main and not args.no_tensorboard,
+                             wandb_run=wandb_run)
 
     # ----------------------------------------------------------------- setup
     def _load_start_weights(self, path: str) -> None:
