@@ -289,3 +289,33 @@ def test_wandb_offline_logs_the_run_beside_the_checkpoints(tmp_path):
     runs = list((tmp_path / "r" / "wandb").glob("offline-run-*"))
     records = [p.read_bytes() for p in runs[0].glob("*.wandb")] if len(runs) == 1 else []
     assert records and b"train/loss" in records[0] and b"instruments" in records[0]  # scalars and the config
+
+
+def test_linear_scheduler_warms_up_then_decays_per_optimizer_step(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = make_tracks(tmp_path / "train", count=2)
+    config = tiny_config(tmp_path / "c.yaml", num_steps=3, num_epochs=2, scheduler="linear_scheduler",
+                         num_warmup_steps=2, lr=0.01)
+    result = run_train(["--config_path", str(config), "--data_path", str(data), "--results_path", str(tmp_path / "r")])
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    events.Reload()
+    lrs = [round(e.value, 6) for e in events.Scalars("train/lr")]  # logged after each step
+    # transformers' get_linear_schedule_with_warmup(warmup 2, total 6), after steps 1..6
+    assert lrs == [0.005, 0.01, 0.0075, 0.005, 0.0025, 0.0]
+
+
+def test_optimizers_that_cannot_run_here_say_why(tmp_path):
+    from bsmamba2_plugin.train.optimizers import build_optimizer, build_scheduler
+
+    parameters = [torch.nn.Parameter(torch.zeros(2))]
+    for name, message in (("adamw8bit", "runs on CUDA only"), ("muon", "MSST's own Muon"),
+                          ("sgd_plus", "is not supported")):
+        config = load_config(tiny_config(tmp_path / f"{name}.yaml", optimizer=name))
+        with pytest.raises(TrainingConfigError, match=message):
+            build_optimizer(config, parameters, torch.device("cpu"))
+    config = load_config(tiny_config(tmp_path / "s.yaml", scheduler="linear_scheduler"))
+    with pytest.raises(TrainingConfigError, match="needs training.num_warmup_steps"):
+        build_scheduler(config, torch.optim.AdamW(parameters))

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -143,7 +144,7 @@ class Trainer:
         self.loss_fn.check_length(self.chunk_augmentation.minimum if self.chunk_augmentation else self.chunk_size)
         self.loss_fn.to(self.device)
         self._set_memory_fraction()
-        self.optimizer = build_optimizer(self.config, self.model.parameters())
+        self.optimizer = build_optimizer(self.config, self.model.parameters(), self.device)
         self.scheduler = build_scheduler(self.config, self.optimizer)
         decay = float(training.get("ema_momentum", 0) or 0)
         self.ema = WeightEMA(self.model, decay) if decay > 0 else None
@@ -495,6 +496,8 @@ class Trainer:
             self.optimizer.step()
         if finite and self.ema is not None:
             self.ema.update(self.model)
+        if finite and not isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step()  # linear_scheduler: per optimizer step, as MSST
         if finite:
             self.log.scalars(self.state.global_step + 1, {"train/grad_norm": float(norm)})
         return finite
@@ -578,7 +581,8 @@ class Trainer:
                 path = best_checkpoint_path(self.results_path, epoch, self.metric, value, per_stem)
                 self._print(f"Store weights: {path}")
                 save_atomically(self.checkpoint_payload(), path)
-        self.scheduler.step(score)
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(score)
         s.epoch_validated = True
         self.save_last()
 
