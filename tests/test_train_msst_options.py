@@ -319,3 +319,24 @@ def test_optimizers_that_cannot_run_here_say_why(tmp_path):
     config = load_config(tiny_config(tmp_path / "s.yaml", scheduler="linear_scheduler"))
     with pytest.raises(TrainingConfigError, match="needs training.num_warmup_steps"):
         build_scheduler(config, torch.optim.AdamW(parameters))
+
+
+@pytest.mark.parametrize("dataset_type", [2, 6])
+def test_msst_dataset_types_train_through_the_msst_package(tmp_path, dataset_type):
+    pytest.importorskip("msst.utils.dataset")
+    import shutil
+
+    tracks = make_tracks(tmp_path / "tracks", count=2, seconds=0.5, with_mixture=True)
+    if dataset_type == 2:  # <data>/<instrument>/<any name>.wav; msst 0.1.0 globs <instrument>/**/*.wav
+        data = tmp_path / "by_instrument"  # without recursive=True, so one folder level deeper
+        for k, track in enumerate(sorted(tracks.iterdir())):
+            for stem in ("vocals", "other"):
+                (data / stem / "set").mkdir(parents=True, exist_ok=True)
+                shutil.copy(track / f"{stem}.wav", data / stem / "set" / f"{k}.wav")
+    else:  # type 6: type 4's layout with the real mixture.wav of each track
+        data = tracks
+    config = tiny_config(tmp_path / "c.yaml", num_steps=2, num_epochs=1)
+    result = run_train(["--config_path", str(config), "--data_path", str(data), "--results_path", str(tmp_path / "r"),
+                        "--no_tensorboard", "--dataset_type", str(dataset_type)])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"Dataset type: {dataset_type}" in result.stdout and "Done: 2 optimizer steps" in result.stdout

@@ -185,12 +185,16 @@ class SeededMSSTDataset(Dataset):
 
     def __init__(self, config: Any, data_paths: Sequence[str], dataset_type: int, examples_per_epoch: int,
                  seed: int, metadata_path: str):
+        if dataset_type not in range(1, 8):
+            raise TrainingConfigError(f"--dataset_type {dataset_type}: MSST's types are 1 to 7")
         try:
             from msst.utils.dataset import MSSDataset
-        except ImportError as error:
+        except Exception as error:  # noqa: BLE001 - its imports (audiomentations, pedalboard, ...) may fail too
             raise TrainingConfigError(
-                f"--dataset_type {dataset_type} uses MSST's dataset code: `pip install msst` "
-                f"(bsmamba2_plugin.train implements types 1 and 4 itself). Import failed: {error}"
+                f"--dataset_type {dataset_type} uses MSST's dataset code from the msst package "
+                f"(bsmamba2_plugin.train implements types 1 and 4 itself): "
+                f"`pip install --no-deps msst==0.1.0 && pip install omegaconf \"bsmamba2-plugin[augment]\"` "
+                f"(--no-deps: msst pins torch<2.12). Import failed: {error}"
             ) from error
         self.inner = MSSDataset(config, list(data_paths), metadata_path=metadata_path, dataset_type=dataset_type,
                                 batch_size=1, verbose=True)
