@@ -395,6 +395,7 @@ class Trainer:
             + (f" (chunk_size_augm: each batch cut to {self.chunk_augmentation.minimum}.."
                f"{self.chunk_augmentation.maximum})" if self.chunk_augmentation else "") + "\n"
             f"Optimizer: {self.config.training.get('optimizer', 'adam')} lr {self.config.training.lr} "
+            f"Scheduler: {self.config.training.get('scheduler', 'ReduceLROnPlateau')} "
             f"Device: {self.device} Precision: {self.autocast_dtype or torch.float32}\n"
             f"Model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters\n"
             f"Train for: {self.num_epochs} epochs x {self.num_steps} batches; results in {self.results_path}"
