@@ -23,8 +23,9 @@ DEMO_RESULTS = Path("results") / "bsmamba2_demo"
 
 # MSST train.py options this trainer does not implement, and why.
 MSST_ONLY_FLAGS = {
-    "--train_lora_peft": "LoRA is not implemented", "--train_lora_loralib": "LoRA is not implemented",
-    "--lora_checkpoint_peft": "LoRA is not implemented", "--lora_checkpoint_loralib": "LoRA is not implemented",
+    "--train_lora_peft": "peft adapts nn.Linear outputs, which BSMamba2's fused Mamba2 path bypasses (it reads "
+                         "the projection weights); use --train_lora_loralib (same lora: keys, weight-space LoRA)",
+    "--lora_checkpoint_peft": "peft adapters are not supported; use --train_lora_loralib",
     "--safe_mode": "errors are never silently skipped (non-finite losses are counted and reported instead)",
 }
 
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also write model_bsmamba2_ep_N_<metric>_<value>....ckpt after every validation")
     msst.add_argument("--each_metrics_in_name", action="store_true",
                       help="best checkpoint names carry every stem's mean and std of --metric_for_scheduler")
+    msst.add_argument("--train_lora_loralib", action="store_true",
+                      help="LoRA with the config's lora: section (r, lora_alpha); checkpoints hold merged weights")
+    msst.add_argument("--lora_checkpoint_loralib", default="",
+                      help="start the LoRA adapters from this file (lora_state_dict of an earlier run)")
     msst.add_argument("--wandb_key", default="", help="log to Weights & Biases (project msst) with this API key")
     msst.add_argument("--wandb_offline", action="store_true", help="log to a local wandb run under --results_path")
     msst.add_argument("--set_per_process_memory_fraction", action="store_true",

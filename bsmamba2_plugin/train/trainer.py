@@ -29,7 +29,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.checkpoint import load_weights, read_state_dict
+from bsmamba2_plugin.checkpoint import load_weights, read_state_dict, unwrap_state_dict
 from bsmamba2_plugin.config import load_config
 from bsmamba2_plugin.config_keys import warn_unused_keys
 from bsmamba2_plugin.metrics import METRIC_DIRECTIONS
@@ -52,6 +52,7 @@ from .dataset import COUNTER_NAMES, MSSTrainingDataset, SeededMSSTDataset
 from .distributed import DistributedContext
 from .ema import WeightEMA
 from .errors import NonFiniteLossError, TrainingConfigError
+from .lora import adapter_state_dict, attach_lora, load_adapter, lora_settings, merged_state_dict
 from .loss import COEF_DEFAULTS, MSST_LOSSES, MSSTLoss, PaperLoss
 from .optimizers import build_optimizer, build_scheduler
 from .tensorboard_log import ScalarLog, open_wandb
@@ -139,6 +140,7 @@ class Trainer:
         self.model = BSMamba2.from_config(self.config).to(self.device)
         if args.start_check_point:
             self._load_start_weights(args.start_check_point)
+        self.lora_scaling = self._attach_lora()
         self._freeze_layers()
         self.loss_fn = self._build_loss(training)
         self.loss_fn.check_length(self.chunk_augmentation.minimum if self.chunk_augmentation else self.chunk_size)
@@ -187,6 +189,26 @@ class Trainer:
                     f"(--load_only_compatible_weights)")
         for line in skipped:
             self._print(f"  not loaded: {line}")
+
+    def _attach_lora(self) -> float | None:
+        """--train_lora_loralib with MSST's `lora:` section (weight-space LoRA, see lora.py); returns the scaling."""
+        a = self.args
+        if not getattr(a, "train_lora_loralib", False):
+            if getattr(a, "lora_checkpoint_loralib", ""):
+                raise TrainingConfigError("--lora_checkpoint_loralib needs --train_lora_loralib (as in MSST)")
+            return None
+        r, alpha = lora_settings(self.config.get("lora", None))
+        names, skipped = attach_lora(self.model, r, alpha)
+        if a.lora_checkpoint_loralib:
+            stored = read_training_checkpoint(a.lora_checkpoint_loralib)
+            adapter = stored.get("lora_state_dict") or unwrap_state_dict(stored, a.lora_checkpoint_loralib)
+            count = load_adapter(self.model, adapter,
+                                 f"--lora_checkpoint_loralib {a.lora_checkpoint_loralib}")
+            self._print(f"Loaded {count} LoRA tensors from {a.lora_checkpoint_loralib}")
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self._print(f"LoRA: r={r}, lora_alpha={alpha:g} on {len(names)} linear layers ({trainable} trainable "
+                    f"parameters); without an adapter: {len(skipped)} Mamba2 out_proj layers (see train/lora.py)")
+        return alpha / r
 
     def _freeze_layers(self) -> None:
         """MSST's --freeze_layers: parameters whose name starts with any prefix get requires_grad False."""
@@ -285,7 +307,8 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
         if self.ema is not None:
-            self.ema.load_state_dict(checkpoint["model_state_dict"], checkpoint.get("ema_updates", 0))
+            self.ema.load_state_dict(checkpoint.get("ema_state_dict", checkpoint["model_state_dict"]),
+                                     checkpoint.get("ema_updates", 0))
         if checkpoint.get("scaler_state_dict"):
             self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
         s = self.state
@@ -330,8 +353,11 @@ class Trainer:
     def checkpoint_payload(self) -> dict[str, Any]:
         s = self.state
         raw = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        served = self.ema.state_dict() if self.ema is not None else raw
+        if self.lora_scaling is not None:  # plain BSMamba2 names with the adapter merged in
+            served = merged_state_dict(served, self.lora_scaling)
         payload: dict[str, Any] = {
-            "model_state_dict": self.ema.state_dict() if self.ema is not None else raw,
+            "model_state_dict": served,
             "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict(),
             "epoch": s.epoch,
@@ -351,9 +377,14 @@ class Trainer:
             "model_type": MODEL_TYPE,
             "trainer_format": FORMAT_VERSION,
         }
-        if self.ema is not None:
+        if self.ema is not None or self.lora_scaling is not None:
             payload["raw_model_state_dict"] = raw
+        if self.ema is not None:
             payload["ema_updates"] = self.ema.updates
+            if self.lora_scaling is not None:
+                payload["ema_state_dict"] = self.ema.state_dict()
+        if self.lora_scaling is not None:
+            payload["lora_state_dict"] = adapter_state_dict(payload.get("ema_state_dict", raw))
         return payload
 
     def save_last(self) -> None:
