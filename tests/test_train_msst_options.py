@@ -84,6 +84,111 @@ def augmented_config(tmp_path: Path, **augmentations):
     return load_config(path)
 
 
+# MSST's configs/config_musdb18_mdx23c.yaml augmentations (ccc011a), values as there except every
+# probability set to 1 so that each effect runs; time_stretch and gaussian_noise from its other configs.
+MSST_AUGMENTATIONS = """
+enable: true
+loudness: true
+loudness_min: 0.5
+loudness_max: 1.5
+mixup: true
+mixup_probs: [0.2, 0.02]
+mixup_loudness_min: 0.5
+mixup_loudness_max: 1.5
+mp3_compression_on_mixture: 1.0
+mp3_compression_on_mixture_bitrate_min: 32
+mp3_compression_on_mixture_bitrate_max: 320
+mp3_compression_on_mixture_backend: lameenc
+all:
+  channel_shuffle: 1.0
+  random_inverse: 1.0
+  random_polarity: 1.0
+  mp3_compression: 1.0
+  mp3_compression_min_bitrate: 32
+  mp3_compression_max_bitrate: 320
+  mp3_compression_backend: lameenc
+  pedalboard_reverb: 1.0
+  pedalboard_reverb_room_size_min: 0.1
+  pedalboard_reverb_room_size_max: 0.9
+  pedalboard_reverb_damping_min: 0.1
+  pedalboard_reverb_damping_max: 0.9
+  pedalboard_reverb_wet_level_min: 0.1
+  pedalboard_reverb_wet_level_max: 0.9
+  pedalboard_reverb_dry_level_min: 0.1
+  pedalboard_reverb_dry_level_max: 0.9
+  pedalboard_reverb_width_min: 0.9
+  pedalboard_reverb_width_max: 1.0
+  pedalboard_chorus: 1.0
+  pedalboard_chorus_rate_hz_min: 1.0
+  pedalboard_chorus_rate_hz_max: 7.0
+  pedalboard_chorus_depth_min: 0.25
+  pedalboard_chorus_depth_max: 0.95
+  pedalboard_chorus_centre_delay_ms_min: 3
+  pedalboard_chorus_centre_delay_ms_max: 10
+  pedalboard_chorus_feedback_min: 0.0
+  pedalboard_chorus_feedback_max: 0.5
+  pedalboard_chorus_mix_min: 0.1
+  pedalboard_chorus_mix_max: 0.9
+  pedalboard_phazer: 1.0
+  pedalboard_phazer_rate_hz_min: 1.0
+  pedalboard_phazer_rate_hz_max: 10.0
+  pedalboard_phazer_depth_min: 0.25
+  pedalboard_phazer_depth_max: 0.95
+  pedalboard_phazer_centre_frequency_hz_min: 200
+  pedalboard_phazer_centre_frequency_hz_max: 12000
+  pedalboard_phazer_feedback_min: 0.0
+  pedalboard_phazer_feedback_max: 0.5
+  pedalboard_phazer_mix_min: 0.1
+  pedalboard_phazer_mix_max: 0.9
+  pedalboard_distortion: 1.0
+  pedalboard_distortion_drive_db_min: 1.0
+  pedalboard_distortion_drive_db_max: 25.0
+  pedalboard_pitch_shift: 1.0
+  pedalboard_pitch_shift_semitones_min: -7
+  pedalboard_pitch_shift_semitones_max: 7
+  pedalboard_resample: 1.0
+  pedalboard_resample_target_sample_rate_min: 4000
+  pedalboard_resample_target_sample_rate_max: 44100
+  pedalboard_bitcrash: 1.0
+  pedalboard_bitcrash_bit_depth_min: 4
+  pedalboard_bitcrash_bit_depth_max: 16
+  pedalboard_mp3_compressor: 1.0
+  pedalboard_mp3_compressor_pedalboard_mp3_compressor_min: 0
+  pedalboard_mp3_compressor_pedalboard_mp3_compressor_max: 9.999
+vocals:
+  pitch_shift: 1.0
+  pitch_shift_min_semitones: -5
+  pitch_shift_max_semitones: 5
+  seven_band_parametric_eq: 1.0
+  seven_band_parametric_eq_min_gain_db: -9
+  seven_band_parametric_eq_max_gain_db: 9
+  tanh_distortion: 1.0
+  tanh_distortion_min: 0.1
+  tanh_distortion_max: 0.7
+  gaussian_noise: 1.0
+  gaussian_noise_min_amplitude: 0.001
+  gaussian_noise_max_amplitude: 0.01
+  time_stretch: 1.0
+  time_stretch_min_rate: 0.8
+  time_stretch_max_rate: 1.25
+"""
+
+
+def test_msst_augmentation_section_is_known_and_every_effect_runs(tmp_path):
+    pytest.importorskip("audiomentations")
+    pytest.importorskip("pedalboard")
+    pytest.importorskip("lameenc")
+    section = yaml.safe_load(MSST_AUGMENTATIONS)
+    config = load_config(with_keys(tiny_config(tmp_path / "c.yaml"), augmentations=section))
+    assert config_keys.unused_keys(config) == []
+    aug = Augmentations.from_config(config.augmentations, ["vocals", "other"])
+    assert len(aug.effects["vocals"]) == 14 and len(aug.effects["other"]) == 9 and aug.mixture_mp3 is not None
+    source = (0.3 * np.sin(np.linspace(0, 3000, 44100))[None].repeat(2, 0)).astype(np.float32)
+    out = aug.stem(source, "vocals", np.random.default_rng(0))
+    assert out.shape == source.shape and np.isfinite(out).all() and not np.allclose(out, source)
+    assert aug.mixture(source, np.random.default_rng(0)).shape == source.shape
+
+
 def test_mp3_compression_on_mixture_changes_only_the_mixture_and_repeats_per_seed_epoch_index(tmp_path):
     pytest.importorskip("audiomentations")
     pytest.importorskip("lameenc")
