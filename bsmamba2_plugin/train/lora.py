@@ -6,9 +6,10 @@ the layer's *output*. BSMamba2's fused bidirectional path reads the Mamba2 proje
 without a word. Here the update goes on the weight instead: every nn.Linear weight is
 reparametrised as W + (B @ A) * lora_alpha / r (torch.nn.utils.parametrize), so every code path
 that reads `.weight` sees it. One exception: Mamba2's out_proj, which the fused path reads with
-`Module.get_parameter` (that refuses a computed weight), keeps no adapter; the start-up lines say so. Without dropout this is exactly loralib's Linear: same A (Kaiming
-uniform) and B (zeros) initialisation, same scaling, same trainable set (only lora_A/lora_B;
-loralib's `mark_only_lora_as_trainable` with bias "none").
+`Module.get_parameter` (that refuses a computed weight), keeps no adapter; the start-up lines say so.
+Without dropout this is exactly loralib's Linear: same A (Kaiming uniform) and B (zeros)
+initialisation, same scaling, same trainable set (only lora_A/lora_B; loralib's
+`mark_only_lora_as_trainable` with bias "none").
 
 Checkpoints: `model_state_dict` holds the merged weights (W + BA * scaling) under the plain
 names, so the file loads in the separator and in MSST like any BSMamba2 checkpoint, without LoRA

@@ -44,7 +44,8 @@ def build_optimizer(config: Any, parameters: Iterable[torch.nn.Parameter],
         try:
             import bitsandbytes
         except Exception as error:  # noqa: BLE001
-            raise TrainingConfigError(f"training.optimizer: adamw8bit needs `pip install bitsandbytes` ({error})") from error
+            raise TrainingConfigError(
+                f"training.optimizer: adamw8bit needs `pip install bitsandbytes` ({error})") from error
         return bitsandbytes.optim.AdamW8bit(parameters, lr=lr, **options)
     if name in REFUSED_OPTIMIZERS:
         raise TrainingConfigError(f"training.optimizer={name!r}: {REFUSED_OPTIMIZERS[name]}")
@@ -75,7 +76,8 @@ def build_scheduler(config: Any, optimizer: torch.optim.Optimizer) -> ReduceLROn
     name = str(training.get("scheduler", "ReduceLROnPlateau"))
     if name == "linear_scheduler":
         if "num_warmup_steps" not in training:
-            raise TrainingConfigError("training.scheduler: linear_scheduler needs training.num_warmup_steps (as in MSST)")
+            raise TrainingConfigError(
+                "training.scheduler: linear_scheduler needs training.num_warmup_steps (as in MSST)")
         total = int(training.num_epochs) * int(training.num_steps)
         return LambdaLR(optimizer, LinearWarmupDecay(int(training.num_warmup_steps), total))
     if name != "ReduceLROnPlateau":

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from bsmamba2_plugin.checkpoint import load_weights, read_state_dict, unwrap_state_dict
 from bsmamba2_plugin.config import load_config
 from bsmamba2_plugin.config_keys import warn_unused_keys
+from bsmamba2_plugin.evaluate.scoring import ALWAYS, average, extra_metrics
 from bsmamba2_plugin.metrics import METRIC_DIRECTIONS
 from bsmamba2_plugin.model import BSMamba2
 
@@ -56,8 +57,6 @@ from .lora import adapter_state_dict, attach_lora, load_adapter, lora_settings, 
 from .loss import COEF_DEFAULTS, MSST_LOSSES, MSSTLoss, PaperLoss
 from .optimizers import build_optimizer, build_scheduler
 from .tensorboard_log import ScalarLog, open_wandb
-from bsmamba2_plugin.evaluate.scoring import ALWAYS, average, extra_metrics
-
 from .validation import append_csv, find_validation_tracks, report_text, timed_validation
 
 
@@ -171,8 +170,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         wandb_run = None
         if self.dist.is_main:
+            shown_args = {k: v for k, v in vars(args).items() if k != "wandb_key"}  # never log the key
             wandb_run = open_wandb(getattr(args, "wandb_key", ""), getattr(args, "wandb_offline", False),
-                                   self.results_path, {"config": self.config.to_dict(), "args": {k: v for k, v in vars(args).items() if k != "wandb_key"},
+                                   self.results_path, {"config": self.config.to_dict(), "args": shown_args,
                                                        "batch_size": self.batch_size})
         self.log = ScalarLog(self.results_path / "tensorboard", enabled=self.dist.is_main and not args.no_tensorboard,
                              wandb_run=wandb_run)
