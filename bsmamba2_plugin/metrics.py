@@ -170,3 +170,201 @@ def silent_fraction(
         if float(np.mean(np.square(ref))) < threshold_energy or not np.any(ref):
             silent += ref.shape[1]
     return silent / reference.shape[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# MSST's validation metrics (`--metrics`), each computed as MSST's utils/metrics.py computes it.
+# All take (channels, samples) arrays; all are "higher is better" except leakage.
+
+K_SDR_K = 10.0
+
+
+def k_sdr(sdr_db: float, k: float = K_SDR_K) -> float:
+    """MSST's bounded SDR: SDR clipped to (-k, k], then 100 * log1p(sdr + k) / log1p(2k)."""
+    clipped = max(min(sdr_db, k), -k + 1e-6)
+    return 100.0 * math.log1p(clipped + k) / math.log1p(2 * k)
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """MSST's si_sdr, eps terms and all: one scale per sample position summed over channels."""
+    reference, estimate = _as_pair(reference, estimate)
+    eps = 1e-8
+    # MSST sums over axes (0, 1) of a (channels, samples) array: one scale for the whole signal
+    scale = np.sum(estimate * reference + eps) / np.sum(reference**2 + eps)
+    scaled = reference * scale
+    return float(10 * np.log10(np.sum(scaled**2) / (np.sum((scaled - estimate) ** 2) + eps) + eps))
+
+
+def _torch_pair(reference: np.ndarray, estimate: np.ndarray):
+    import torch
+
+    reference, estimate = _as_pair(reference, estimate)
+    return torch.from_numpy(reference.astype(np.float32)), torch.from_numpy(estimate.astype(np.float32))
+
+
+def l1_freq(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """MSST's L1Freq_metric: 100 / (1 + 10 * mean |(|STFT(est)| - |STFT(ref)|)|), n_fft 2048, hop 1024,
+    torch.stft's default rectangular window."""
+    import torch
+
+    ref, est = _torch_pair(reference, estimate)
+    window = torch.ones(2048)  # torch.stft's default, written out (no warning)
+    ref_mag = torch.stft(ref, 2048, 1024, window=window, return_complex=True).abs()
+    est_mag = torch.stft(est, 2048, 1024, window=window, return_complex=True).abs()
+    return 100.0 / (1.0 + float(10 * (est_mag - ref_mag).abs().mean()))
+
+
+def aura_stft(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """MSST's AuraSTFT_metric: 100 / (1 + 10 * auraloss STFTLoss(log-mag 1, lin-mag 0, sc 1))."""
+    from auraloss.freq import STFTLoss
+
+    ref, est = _torch_pair(reference, estimate)
+    loss = STFTLoss(w_log_mag=1.0, w_lin_mag=0.0, w_sc=1.0)(ref[None], est[None])
+    return float(100 / (1.0 + 10 * loss))
+
+
+def aura_mrstft(reference: np.ndarray, estimate: np.ndarray, sample_rate: int = 44100) -> float:
+    """MSST's AuraMRSTFT_metric: mel-scaled (128 bins), perceptually weighted multi-resolution STFT loss
+    over (1024, 2048, 4096) windows with hops (256, 512, 1024); 100 / (1 + 10 * loss).
+    MSST fixes the rate at 44100; here it is the audio's rate."""
+    from auraloss.freq import MultiResolutionSTFTLoss
+
+    ref, est = _torch_pair(reference, estimate)
+    loss = MultiResolutionSTFTLoss(fft_sizes=[1024, 2048, 4096], hop_sizes=[256, 512, 1024],
+                                   win_lengths=[1024, 2048, 4096], scale="mel", n_bins=128,
+                                   sample_rate=sample_rate, perceptual_weighting=True)(ref[None], est[None])
+    return float(100 / (1.0 + 10 * loss))
+
+
+def _amplitude_to_db(x, top_db: float = 80.0):
+    """torchaudio's AmplitudeToDB(stype="magnitude", top_db=80) on one (channels, mels, frames) tensor:
+    20 log10(max(x, 1e-10)), floored at (max over the whole tensor) - top_db."""
+    import torch
+
+    db = 20.0 * torch.log10(torch.clamp(x, min=1e-10))
+    return torch.maximum(db, db.amax() - top_db)
+
+
+def bleedless_fullness(reference: np.ndarray, estimate: np.ndarray, sample_rate: int = 44100,
+                       n_fft: int = 4096, hop_length: int = 1024, n_mels: int = 512) -> tuple[float, float]:
+    """MSST's bleed_full: mel (librosa, 512 bands) magnitude spectrograms in dB (top 80 dB); with
+    d = est_dB - ref_dB, bleedless = 100 / (1 + mean of d > 0), fullness = 100 / (1 + mean of -d over d < 0)."""
+    import librosa
+    import torch
+
+    ref, est = _torch_pair(reference, estimate)
+    window = torch.hann_window(n_fft)
+    mel = torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels))
+
+    def spectrum(x):
+        stft = torch.stft(x, n_fft=n_fft, hop_length=hop_length, window=window, return_complex=True,
+                          pad_mode="constant")
+        return _amplitude_to_db(torch.matmul(mel, stft.abs()))
+
+    diff = spectrum(est) - spectrum(ref)
+    positive, negative = diff[diff > 0], diff[diff < 0]
+    mean_positive = float(positive.mean()) if positive.numel() else 0.0
+    mean_negative = float(negative.mean()) if negative.numel() else 0.0
+    return 100.0 / (mean_positive + 1.0), 100.0 / (-mean_negative + 1.0)
+
+
+def _optional(module: str, metric: str, extra: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except Exception as error:  # noqa: BLE001 - torchaudio that does not load raises OSError, not ImportError
+        raise RuntimeError(
+            f"metric {metric} needs {module} ({extra}), which does not import here: {error}"
+        ) from error
+
+
+def log_wmse(reference: np.ndarray, estimate: np.ndarray, mixture: np.ndarray, sample_rate: int = 44100) -> float:
+    """MSST's LogWMSE_metric through torch-log-wmse (>= 1.0 API: LogWMSE(sample_rate)), higher is better.
+
+    MSST's own call uses the pre-1.0 arguments (audio_length, return_as_loss), which torch-log-wmse 1.x
+    refuses; the quantity is the same: the log of the frequency-weighted MSE of (estimate - reference),
+    scaled by the mixture's RMS, per channel."""
+    import torch
+
+    module = _optional("torch_log_wmse", "log_wmse", "pip install torch-log-wmse; it imports torchaudio")
+    ref, est = _torch_pair(reference, estimate)
+    mix = torch.from_numpy(np.asarray(mixture, dtype=np.float32).reshape(ref.shape))
+    metric = module.LogWMSE(sample_rate=sample_rate)
+    # [batch, channel, time] and [batch, channel, stem, time]
+    return float(metric(mix[None], est[None, :, None], ref[None, :, None]))
+
+
+def l1_snr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """MSST's MultiL1SNRDB_metric: minus torch-l1-snr's MultiL1SNRDBLoss(weight 1, spec_weight 0.5,
+    l1_weight 0, time regularisation on, spectral off), so higher is better."""
+    import torch
+
+    module = _optional("torch_l1_snr", "l1_snr", "pip install torch-l1-snr; it needs a torchaudio matching torch")
+    ref, est = _torch_pair(reference, estimate)
+    loss = module.MultiL1SNRDBLoss(name="l1_snr_metric", weight=1.0, spec_weight=0.5, l1_weight=0.0,
+                                   use_time_regularization=True, use_spec_regularization=False)
+    with torch.no_grad():
+        return -float(loss(est[None], ref[None]))
+
+
+# name -> higher is better. "sdr" is MSST's sdr (our usdr); csdr and leakage are ours.
+METRIC_DIRECTIONS: dict[str, bool] = {
+    "sdr": True, "k_sdr": True, "si_sdr": True, "l1_freq": True, "log_wmse": True, "aura_stft": True,
+    "aura_mrstft": True, "bleedless": True, "fullness": True, "l1_snr": True, "csdr": True, "leakage": False,
+}
+MSST_METRICS = ("sdr", "k_sdr", "si_sdr", "l1_freq", "log_wmse", "aura_stft", "aura_mrstft", "bleedless",
+                "fullness", "l1_snr")
+METRIC_NAMES = MSST_METRICS + ("csdr", "leakage")
+
+
+def check_metric_names(names: list[str] | tuple[str, ...], origin: str = "--metrics") -> None:
+    unknown = [n for n in names if n not in METRIC_DIRECTIONS]
+    if unknown:
+        raise ValueError(f"{origin}: unknown metric(s) {unknown}; choose from {list(METRIC_NAMES)}")
+
+
+def stem_metrics(names: list[str] | tuple[str, ...], reference: np.ndarray, estimate: np.ndarray,
+                 mixture: np.ndarray | None, sample_rate: int,
+                 silence_threshold_db: float = -60.0) -> dict[str, float]:
+    """The named metrics of one stem (arrays (channels, samples), cut to the shorter), by name."""
+    check_metric_names(names)
+    length = min(reference.shape[-1], estimate.shape[-1])
+    reference, estimate = reference[..., :length], estimate[..., :length]
+    out: dict[str, float] = {}
+    sdr_db = None
+    for name in names:
+        if name in ("sdr", "k_sdr"):
+            sdr_db = usdr(reference, estimate) if sdr_db is None else sdr_db
+            out[name] = sdr_db if name == "sdr" else k_sdr(sdr_db)
+        elif name == "si_sdr":
+            out[name] = si_sdr(reference, estimate)
+        elif name == "l1_freq":
+            out[name] = l1_freq(reference, estimate)
+        elif name == "aura_stft":
+            out[name] = aura_stft(reference, estimate)
+        elif name == "aura_mrstft":
+            out[name] = aura_mrstft(reference, estimate, sample_rate)
+        elif name in ("bleedless", "fullness"):
+            if name not in out:
+                out["bleedless"], out["fullness"] = bleedless_fullness(reference, estimate, sample_rate)
+        elif name == "log_wmse":
+            if mixture is None:
+                raise ValueError("metric log_wmse needs the mixture")
+            out[name] = log_wmse(reference, estimate, mixture[..., :length], sample_rate)
+        elif name == "l1_snr":
+            out[name] = l1_snr(reference, estimate)
+        elif name == "csdr":
+            out[name] = csdr(reference, estimate, sample_rate)
+        elif name == "leakage":
+            out[name] = silent_leakage(reference, estimate, sample_rate, silence_threshold_db=silence_threshold_db)
+    return {name: out[name] for name in names}
+
+
+def stems_metrics(names: list[str] | tuple[str, ...], references: dict[str, np.ndarray],
+                  estimates: dict[str, np.ndarray], mixture: np.ndarray | None, sample_rate: int,
+                  silence_threshold_db: float = -60.0) -> dict[str, dict[str, float]]:
+    """stem -> metric name -> value, for every stem of `estimates` (each needs its reference)."""
+    missing = sorted(set(estimates) - set(references))
+    if missing:
+        raise ValueError(f"no reference for estimated stem(s) {missing}")
+    return {stem: stem_metrics(names, references[stem], estimate, mixture, sample_rate, silence_threshold_db)
+            for stem, estimate in estimates.items()}

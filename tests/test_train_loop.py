@@ -108,8 +108,8 @@ def test_msst_command_lines_parse_and_msst_only_flags_are_named(tmp_path, capsys
                        "--load_optimizer", "--pre_valid"])
     assert args.data_path == ["a", "b"] and args.dataset_type == 4 and args.seed == 5 and args.load_optimizer
     with pytest.raises(SystemExit):
-        parse_args(["--config_path", "c.yaml", "--data_path", "a", "--results_path", "r", "--loss", "l1_loss"])
-    assert "--loss is an MSST train.py option" in capsys.readouterr().err
+        parse_args(["--config_path", "c.yaml", "--data_path", "a", "--results_path", "r", "--safe_mode"])
+    assert "--safe_mode is an MSST train.py option" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--config_path", "c.yaml"])
     assert "--data_path and --results_path required" in capsys.readouterr().err

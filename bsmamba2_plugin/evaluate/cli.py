@@ -7,11 +7,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.evaluate.track_folders import find_tracks
 from bsmamba2_plugin.atomic_file import write_bytes_atomically
 from bsmamba2_plugin.evaluate.report import csv_text, figure_png, msst_table
 from bsmamba2_plugin.evaluate.run import evaluate_tracks
 from bsmamba2_plugin.evaluate.scoring import summarize
+from bsmamba2_plugin.evaluate.track_folders import find_tracks
+from bsmamba2_plugin.metrics import METRIC_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--leakage_stem", default="vocals", help="stem whose silent-region leakage is plotted")
     parser.add_argument("--silence_threshold_db", type=float, default=-60.0,
                         help="a 1 s reference frame below this RMS (dBFS) counts as silent (default -60)")
+    parser.add_argument("--metrics", nargs="+", default=[], choices=METRIC_NAMES,
+                        help="MSST's metrics to add (uSDR as sdr, cSDR and leakage are always computed)")
     parser.add_argument("--no_figure", action="store_true", help="skip the PNG (no matplotlib needed)")
     return parser
 
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             tracks, separator=separator,
             estimates_folder=Path(args.estimates_folder) if args.estimates_folder else None,
             stems=args.instruments, duration=args.duration, silence_threshold_db=args.silence_threshold_db,
-            on_track=on_track, progress=progress,
+            on_track=on_track, progress=progress, metrics=args.metrics,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

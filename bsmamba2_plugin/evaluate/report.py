@@ -4,9 +4,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from pathlib import Path
 
-from bsmamba2_plugin.evaluate.scoring import StemScore, StemSummary
+from bsmamba2_plugin.evaluate.scoring import StemScore, StemSummary, average
 
 
 def csv_text(scores: list[StemScore]) -> str:
@@ -28,9 +27,13 @@ def msst_table(summaries: list[StemSummary]) -> str:
         lines.append(f"Instr {s.stem} csdr (median of track medians): {s.csdr_median:.4f}")
         leak = "n/a (no silent regions)" if math.isnan(s.leakage_mean) else f"{s.leakage_mean:.2f} dBFS"
         lines.append(f"Instr {s.stem} silent-region leakage: {leak} over {s.leakage_tracks} track(s)")
+        for metric, mean in s.metric_means.items():
+            lines.append(f"Instr {s.stem} {metric}: {mean:.4f} (Std: {s.metric_stds[metric]:.4f})")
     if summaries:
         avg = sum(s.usdr_mean for s in summaries) / len(summaries)
         lines.append(f"Metric avg {'sdr':11s}: {avg:.4f}")
+        for metric in summaries[0].metric_means:
+            lines.append(f"Metric avg {metric:11s}: {average(summaries, metric):.4f}")
     lines += ["", "| stem | tracks | uSDR mean (dB) | uSDR std | cSDR median (dB) | leakage (dBFS) |",
               "|---|---|---|---|---|---|"]
     for s in summaries:

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-import numpy as np
 
-from bsmamba2_plugin.evaluate.track_folders import TrackFolder, read_audio
 from bsmamba2_plugin.evaluate.scoring import StemScore, score_stem
+from bsmamba2_plugin.evaluate.track_folders import TrackFolder, read_audio
 
 
 @dataclass
@@ -35,6 +34,7 @@ def evaluate_tracks(
     silence_threshold_db: float = -60.0,
     on_track: Callable[[TrackFolder], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    metrics: Sequence[str] = (),
 ) -> Evaluation:
     if (separator is None) == (estimates_folder is None):
         raise ValueError("evaluate with either a model (separator) or an estimates folder")
@@ -54,7 +54,9 @@ def evaluate_tracks(
                 # input-length study); only whole segments are separated and scored
                 estimates = separator.separate(mixture, rate, segment_seconds=duration, progress=progress)
                 length = next(iter(estimates.values())).shape[1]
+                mixture = mixture[:, :length]
             else:
+                mixture = read_audio(track.mixture_path)[0] if "log_wmse" in metrics else None
                 estimates, length, rate = {}, None, None
                 for stem in stems:
                     estimates[stem], rate = read_audio(_estimate_file(estimates_folder, track, stem))
@@ -65,7 +67,8 @@ def evaluate_tracks(
                     raise ValueError(f"{track.stem_path(stem)} is at {reference_rate} Hz, the mixture at {rate} Hz")
                 if length is not None:
                     reference = reference[:, :length]
-                rows.append(score_stem(track.name, stem, reference, estimates[stem], rate, silence_threshold_db))
+                rows.append(score_stem(track.name, stem, reference, estimates[stem], rate, silence_threshold_db,
+                                       metrics, mixture))
             result.scores.extend(rows)
         except (KeyboardInterrupt, SystemExit):
             raise

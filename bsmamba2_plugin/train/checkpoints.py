@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bsmamba2_plugin.atomic_file import atomic_path
+
 MODEL_TYPE = "bsmamba2"
 FORMAT_VERSION = 1
 
@@ -28,33 +30,39 @@ def last_checkpoint_path(results_path: str | os.PathLike[str]) -> Path:
     return Path(results_path) / f"last_{MODEL_TYPE}.ckpt"
 
 
-def best_checkpoint_path(results_path: str | os.PathLike[str], epoch: int, metric: str, value: float) -> Path:
+def best_checkpoint_path(results_path: str | os.PathLike[str], epoch: int, metric: str, value: float,
+                         per_stem: dict[str, list[float]] | None = None) -> Path:
+    """MSST's names; with per_stem (--each_metrics_in_name) every stem's mean and std over tracks."""
+    if per_stem:
+        parts = "__".join(f"{stem}_{metric}_{np.mean(v):.4f}_std_{np.std(v):.4f}" for stem, v in per_stem.items())
+        return Path(results_path) / f"model_{MODEL_TYPE}_ep_{epoch}_{parts}.ckpt"
     return Path(results_path) / f"model_{MODEL_TYPE}_ep_{epoch}_{metric}_{value:.4f}.ckpt"
 
 
-def save_atomically(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """torch.save to a temporary file in the same folder, flush + fsync, then rename over `path`.
+def every_epoch_checkpoint_path(results_path: str | os.PathLike[str], epoch: int, averages: dict[str, float]) -> Path:
+    """--save_weights_every_epoch: MSST's model_<type>_ep_<N>_<metric>_<value>... with every metric's average."""
+    metrics = "".join(f"_{name}_{value:.4f}" for name, value in averages.items())
+    return Path(results_path) / f"model_{MODEL_TYPE}_ep_{epoch}{metrics}.ckpt"
 
-    A kill at any moment leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
-    return path
+
+def save_atomically(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """torch.save through `bsmamba2_plugin.atomic_file`: a kill at any moment leaves either the old
+    file or the new one, never a torn one."""
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
+    return Path(path)
+
+
+def load_compatible_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """--load_only_compatible_weights: copy the tensors whose name and shape fit; the rest keep their
+    initial values. Returns (loaded names, one line per tensor not loaded)."""
+    own = model.state_dict()
+    fitting = {k: v for k, v in weights.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    skipped = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}" if k in weights
+               else f"{k}: not in the checkpoint" for k, v in own.items() if k not in fitting]
+    skipped += [f"{k}: not in the model" for k in weights if k not in own]
+    model.load_state_dict({**own, **fitting}, strict=True)
+    return sorted(fitting), skipped
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -11,23 +11,21 @@ from pathlib import Path
 
 from bsmamba2_plugin.checkpoint import CheckpointError
 from bsmamba2_plugin.config import ConfigError
+from bsmamba2_plugin.metrics import METRIC_NAMES
 from bsmamba2_plugin.shipped_configs import shipped_config
 
 from .errors import NonFiniteLossError, TrainingConfigError, TrainingDataError
+from .loss import COEF_DEFAULTS, MSST_LOSSES
 
 DEMO_CONFIG_NAME = "bsmamba2_vocals_small.yaml"
 DEMO_RESULTS = Path("results") / "bsmamba2_demo"
 
 # MSST train.py options this trainer does not implement, and why.
 MSST_ONLY_FLAGS = {
-    "--loss": "the paper's loss (10 x L1 + multi-resolution STFT L1) is always used",
-    "--wandb_key": "logging goes to TensorBoard", "--wandb_offline": "logging goes to TensorBoard",
-    "--train_lora_peft": "LoRA is not implemented", "--train_lora_loralib": "LoRA is not implemented",
-    "--lora_checkpoint_peft": "LoRA is not implemented", "--lora_checkpoint_loralib": "LoRA is not implemented",
-    "--freeze_layers": "layer freezing is not implemented", "--safe_mode": "errors are never silently skipped",
-    "--use_standard_loss": "the paper's loss is always used",
-    "--set_per_process_memory_fraction": "not implemented", "--load_only_compatible_weights": "weights must fit",
-    "--each_metrics_in_name": "not implemented", "--save_weights_every_epoch": "not implemented",
+    "--train_lora_peft": "peft adapts nn.Linear outputs, which BSMamba2's fused Mamba2 path bypasses (it reads "
+                         "the projection weights); use --train_lora_loralib (same lora: keys, weight-space LoRA)",
+    "--lora_checkpoint_peft": "peft adapters are not supported; use --train_lora_loralib",
+    "--safe_mode": "errors are never silently skipped (non-finite losses are counted and reported instead)",
 }
 
 
@@ -56,10 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
     msst.add_argument("--device_ids", nargs="+", type=int, default=[0],
                       help="GPU id; for several GPUs launch with torchrun (one process per GPU)")
     msst.add_argument("--pre_valid", action="store_true", help="validate before training")
-    msst.add_argument("--metrics", nargs="+", default=["sdr"], choices=["sdr", "csdr", "leakage"],
-                      help="accepted for MSST compatibility; sdr (uSDR), csdr and leakage are always computed")
-    msst.add_argument("--metric_for_scheduler", default="sdr", choices=["sdr", "csdr", "leakage"],
+    msst.add_argument("--metrics", nargs="+", default=["sdr"], choices=METRIC_NAMES,
+                      help="validation metrics: MSST's list plus csdr and leakage (sdr, csdr and leakage are "
+                           "always computed)")
+    msst.add_argument("--metric_for_scheduler", default="sdr", choices=METRIC_NAMES,
                       help="selects the best checkpoint and drives ReduceLROnPlateau (leakage: lower is better)")
+    msst.add_argument("--loss", nargs="+", default=None, choices=MSST_LOSSES,
+                      help="MSST's losses, summed (default: the paper's loss; MSST's own default is masked_loss)")
+    for name in MSST_LOSSES:
+        msst.add_argument(f"--{name}_coef", type=float, default=COEF_DEFAULTS[name], help=argparse.SUPPRESS)
+    msst.add_argument("--use_standard_loss", action="store_true",
+                      help="train with --loss (default masked_loss) instead of the paper's loss")
+    msst.add_argument("--freeze_layers", nargs="+", default=None,
+                      help="parameter-name prefixes to freeze (requires_grad False)")
+    msst.add_argument("--load_only_compatible_weights", action="store_true",
+                      help="--start_check_point: load the weights whose name and shape fit, list the others")
+    msst.add_argument("--save_weights_every_epoch", action="store_true",
+                      help="also write model_bsmamba2_ep_N_<metric>_<value>....ckpt after every validation")
+    msst.add_argument("--each_metrics_in_name", action="store_true",
+                      help="best checkpoint names carry every stem's mean and std of --metric_for_scheduler")
+    msst.add_argument("--train_lora_loralib", action="store_true",
+                      help="LoRA with the config's lora: section (r, lora_alpha); checkpoints hold merged weights")
+    msst.add_argument("--lora_checkpoint_loralib", default="",
+                      help="start the LoRA adapters from this file (lora_state_dict of an earlier run)")
+    msst.add_argument("--wandb_key", default="", help="log to Weights & Biases (project msst) with this API key")
+    msst.add_argument("--wandb_offline", action="store_true", help="log to a local wandb run under --results_path")
+    msst.add_argument("--set_per_process_memory_fraction", action="store_true",
+                      help="CUDA: torch.cuda.set_per_process_memory_fraction(1.0), as MSST")
     own = p.add_argument_group("bsmamba2_plugin.train flags")
     own.add_argument("--save_every_steps", type=int, default=100,
                      help="also write last_bsmamba2.ckpt every N optimizer steps (0: only at epoch ends)")
@@ -82,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if any(a == flag or a.startswith(flag + "=") for a in argv):
             parser.error(f"{flag} is an MSST train.py option that bsmamba2_plugin.train does not implement: {reason}")
     args = parser.parse_args(argv)
+    if args.metric_for_scheduler not in args.metrics:  # as MSST's parse_args_train
+        args.metrics = [*args.metrics, args.metric_for_scheduler]
     if args.config_path is None and args.data_path is None:
         args.demo = True
         try:

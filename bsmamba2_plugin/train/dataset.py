@@ -18,6 +18,8 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
+from bsmamba2_plugin.settings import sample_rate
+
 from .activity import ActivityCheck
 from .augmentations import Augmentations
 from .errors import TrainingConfigError, TrainingDataError
@@ -65,9 +67,10 @@ class MSSTrainingDataset(Dataset):
         if not 0.0 <= self.silent_stem_prob <= 1.0:
             raise TrainingConfigError(f"training.silent_stem_prob must be within [0, 1], got {self.silent_stem_prob}")
         self.activity = ActivityCheck.from_config(training.get("activity_check", None))
-        self.augmentations = Augmentations.from_config(config.get("augmentations", None), self.instruments)
+        self.augmentations = Augmentations.from_config(config.get("augmentations", None), self.instruments,
+                                                       sample_rate(config))
         self.tracks, self.scan_report = scan_tracks(
-            data_paths, self.instruments, int(audio.get("sample_rate", 44100)), self.channels,
+            data_paths, self.instruments, sample_rate(config), self.channels,
             require_all_instruments=dataset_type == 4,
         )
         self.by_instrument = {i: [t for t in self.tracks if i in t.files] for i in self.instruments}
@@ -100,7 +103,7 @@ class MSSTrainingDataset(Dataset):
         gains = self.augmentations.gains(len(stems), rng)
         if gains is not None:
             stems *= gains[:, None, None]
-        mixture = stems.sum(axis=0)
+        mixture = self.augmentations.mixture(stems.sum(axis=0), rng)
         if self.target_index is not None:
             stems = stems[self.target_index : self.target_index + 1]
         return torch.from_numpy(np.ascontiguousarray(stems)), torch.from_numpy(mixture), torch.from_numpy(counters)
@@ -184,12 +187,16 @@ class SeededMSSTDataset(Dataset):
 
     def __init__(self, config: Any, data_paths: Sequence[str], dataset_type: int, examples_per_epoch: int,
                  seed: int, metadata_path: str):
+        if dataset_type not in range(1, 8):
+            raise TrainingConfigError(f"--dataset_type {dataset_type}: MSST's types are 1 to 7")
         try:
             from msst.utils.dataset import MSSDataset
-        except ImportError as error:
+        except Exception as error:  # noqa: BLE001 - its imports (audiomentations, pedalboard, ...) may fail too
             raise TrainingConfigError(
-                f"--dataset_type {dataset_type} uses MSST's dataset code: `pip install msst` "
-                f"(bsmamba2_plugin.train implements types 1 and 4 itself). Import failed: {error}"
+                f"--dataset_type {dataset_type} uses MSST's dataset code from the msst package "
+                f"(bsmamba2_plugin.train implements types 1 and 4 itself): "
+                f"`pip install --no-deps msst==0.1.0 && pip install omegaconf \"bsmamba2-plugin[augment]\"` "
+                f"(--no-deps: msst pins torch<2.12). Import failed: {error}"
             ) from error
         self.inner = MSSDataset(config, list(data_paths), metadata_path=metadata_path, dataset_type=dataset_type,
                                 batch_size=1, verbose=True)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from bsmamba2_plugin.atomic_file import atomic_path
 
 DEMO_VERSION = 1
 SAMPLE_RATE = 44100
@@ -148,21 +149,13 @@ def ensure_demo_dataset(root: str | os.PathLike[str] | None = None, spec: DemoSp
         except (OSError, ValueError):
             pass
         shutil.rmtree(folder)  # from another spec or damaged: rebuild
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".demo_partial_", dir=root))
     try:
-        write_split(staging, "train", spec.train_tracks, spec.train_seconds, spec.sample_rate, with_mixture=False)
-        write_split(staging, "valid", spec.valid_tracks, spec.valid_seconds, spec.sample_rate, with_mixture=True)
-        with open(staging / "dataset.json", "w") as handle:
-            json.dump(asdict(spec), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.replace(staging, folder)
-        except OSError:  # another process finished first
-            if not marker.is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        with atomic_path(folder) as staging:  # a hidden sibling folder, fsynced and renamed into place
+            staging.mkdir()
+            write_split(staging, "train", spec.train_tracks, spec.train_seconds, spec.sample_rate, with_mixture=False)
+            write_split(staging, "valid", spec.valid_tracks, spec.valid_seconds, spec.sample_rate, with_mixture=True)
+            (staging / "dataset.json").write_text(json.dumps(asdict(spec)))
+    except OSError:  # another process finished first: its complete folder is in place
+        if not marker.is_file():
+            raise
     return folder

@@ -24,19 +24,27 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.checkpoint import load_weights, read_state_dict
+from bsmamba2_plugin.checkpoint import load_weights, read_state_dict, unwrap_state_dict
 from bsmamba2_plugin.config import load_config
+from bsmamba2_plugin.config_keys import warn_unused_keys
+from bsmamba2_plugin.evaluate.scoring import ALWAYS, average
+from bsmamba2_plugin.metrics import METRIC_DIRECTIONS
 from bsmamba2_plugin.model import BSMamba2
+from bsmamba2_plugin.settings import sample_rate
 
+from .augmentations import ChunkSizeAugmentation
 from .checkpoints import (
     FORMAT_VERSION,
     MODEL_TYPE,
     best_checkpoint_path,
     capture_rng_state,
+    every_epoch_checkpoint_path,
     last_checkpoint_path,
+    load_compatible_weights,
     read_training_checkpoint,
     restore_rng_state,
     save_atomically,
@@ -45,10 +53,11 @@ from .dataset import COUNTER_NAMES, MSSTrainingDataset, SeededMSSTDataset
 from .distributed import DistributedContext
 from .ema import WeightEMA
 from .errors import NonFiniteLossError, TrainingConfigError
-from .loss import PaperLoss
+from .lora import adapter_state_dict, attach_lora, load_adapter, lora_settings, merged_state_dict
+from .loss import COEF_DEFAULTS, MSST_LOSSES, MSSTLoss, PaperLoss
 from .optimizers import build_optimizer, build_scheduler
-from .tensorboard_log import ScalarLog
-from .validation import METRICS, append_csv, find_validation_tracks, report_text, timed_validation
+from .tensorboard_log import ScalarLog, open_wandb
+from .validation import append_csv, find_validation_tracks, report_text, timed_validation
 
 
 class EpochBatches(Sampler[int]):
@@ -95,6 +104,8 @@ class Trainer:
         self.dist = DistributedContext.from_environment()
         self.out = sys.stdout if self.dist.is_main else open(os.devnull, "w")
         self.config = load_config(args.config_path)
+        if self.dist.is_main:
+            warn_unused_keys(self.config, str(args.config_path))
         training = required(self.config, "", "training")
         model_type = training.get("model_type", args.model_type or MODEL_TYPE)
         if model_type != MODEL_TYPE:
@@ -113,8 +124,11 @@ class Trainer:
         self.normalize = bool(training.get("normalize", False))
         self.results_path = Path(args.results_path)
         self.metric = args.metric_for_scheduler
-        if self.metric not in METRICS:
-            raise TrainingConfigError(f"--metric_for_scheduler {self.metric!r}: choose one of {sorted(METRICS)}")
+        self.metrics = list(dict.fromkeys(getattr(args, "metrics", None) or [self.metric]))
+        if self.metric not in METRIC_DIRECTIONS:
+            raise TrainingConfigError(
+                f"--metric_for_scheduler {self.metric!r}: choose one of {sorted(METRIC_DIRECTIONS)}")
+        self.chunk_augmentation = ChunkSizeAugmentation.from_config(self.config)
 
         self.device = self._pick_device()
         self.autocast_dtype = self._autocast_dtype(training)
@@ -124,13 +138,14 @@ class Trainer:
 
         self.model = BSMamba2.from_config(self.config).to(self.device)
         if args.start_check_point:
-            load_weights(self.model, read_state_dict(args.start_check_point),
-                         origin=f"--start_check_point {args.start_check_point}")
-            self._print(f"Loaded weights from {args.start_check_point}")
-        self.loss_fn = PaperLoss(self.model.loss_settings, float(training.get("waveform_loss_weight", 10.0)))
-        self.loss_fn.check_length(self.chunk_size)
+            self._load_start_weights(args.start_check_point)
+        self.lora_scaling = self._attach_lora()
+        self._freeze_layers()
+        self.loss_fn = self._build_loss(training)
+        self.loss_fn.check_length(self.chunk_augmentation.minimum if self.chunk_augmentation else self.chunk_size)
         self.loss_fn.to(self.device)
-        self.optimizer = build_optimizer(self.config, self.model.parameters())
+        self._set_memory_fraction()
+        self.optimizer = build_optimizer(self.config, self.model.parameters(), self.device)
         self.scheduler = build_scheduler(self.config, self.optimizer)
         decay = float(training.get("ema_momentum", 0) or 0)
         self.ema = WeightEMA(self.model, decay) if decay > 0 else None
@@ -142,7 +157,7 @@ class Trainer:
         if args.valid_path:
             instruments = self._validated_instruments()
             self.valid_tracks = find_validation_tracks(args.valid_path, instruments,
-                                                       int(self.config.audio.get("sample_rate", 44100)))
+                                                       sample_rate(self.config))
         else:
             self._print("No --valid_path: no validation, no best checkpoint; last_bsmamba2.ckpt is still written")
 
@@ -151,9 +166,84 @@ class Trainer:
         if self.dist.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.log = ScalarLog(self.results_path / "tensorboard", enabled=self.dist.is_main and not args.no_tensorboard)
+        wandb_run = None
+        if self.dist.is_main:
+            shown_args = {k: v for k, v in vars(args).items() if k != "wandb_key"}  # never log the key
+            wandb_run = open_wandb(getattr(args, "wandb_key", ""), getattr(args, "wandb_offline", False),
+                                   self.results_path, {"config": self.config.to_dict(), "args": shown_args,
+                                                       "batch_size": self.batch_size})
+        self.log = ScalarLog(self.results_path / "tensorboard", enabled=self.dist.is_main and not args.no_tensorboard,
+                             wandb_run=wandb_run)
 
     # ----------------------------------------------------------------- setup
+    def _load_start_weights(self, path: str) -> None:
+        origin = f"--start_check_point {path}"
+        if not getattr(self.args, "load_only_compatible_weights", False):
+            load_weights(self.model, read_state_dict(path), origin=origin)
+            self._print(f"Loaded weights from {path}")
+            return
+        loaded, skipped = load_compatible_weights(self.model, read_state_dict(path))
+        self._print(f"Loaded {len(loaded)} of {len(self.model.state_dict())} tensors from {path} "
+                    f"(--load_only_compatible_weights)")
+        for line in skipped:
+            self._print(f"  not loaded: {line}")
+
+    def _attach_lora(self) -> float | None:
+        """--train_lora_loralib with MSST's `lora:` section (weight-space LoRA, see lora.py); returns the scaling."""
+        a = self.args
+        if not getattr(a, "train_lora_loralib", False):
+            if getattr(a, "lora_checkpoint_loralib", ""):
+                raise TrainingConfigError("--lora_checkpoint_loralib needs --train_lora_loralib (as in MSST)")
+            return None
+        r, alpha = lora_settings(self.config.get("lora", None))
+        names, skipped = attach_lora(self.model, r, alpha)
+        if a.lora_checkpoint_loralib:
+            stored = read_training_checkpoint(a.lora_checkpoint_loralib)
+            adapter = stored.get("lora_state_dict") or unwrap_state_dict(stored, a.lora_checkpoint_loralib)
+            count = load_adapter(self.model, adapter,
+                                 f"--lora_checkpoint_loralib {a.lora_checkpoint_loralib}")
+            self._print(f"Loaded {count} LoRA tensors from {a.lora_checkpoint_loralib}")
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self._print(f"LoRA: r={r}, lora_alpha={alpha:g} on {len(names)} linear layers ({trainable} trainable "
+                    f"parameters); without an adapter: {len(skipped)} Mamba2 out_proj layers (see train/lora.py)")
+        return alpha / r
+
+    def _freeze_layers(self) -> None:
+        """MSST's --freeze_layers: parameters whose name starts with any prefix get requires_grad False."""
+        prefixes = getattr(self.args, "freeze_layers", None)
+        if not prefixes:
+            return
+        frozen = [name for name, p in self.model.named_parameters() if any(name.startswith(x) for x in prefixes)]
+        if not frozen:
+            names = sorted({name.split(".")[0] for name, _ in self.model.named_parameters()})
+            raise TrainingConfigError(f"--freeze_layers {prefixes}: no parameter name starts with these; "
+                                      f"top-level names are {names}")
+        for name, parameter in self.model.named_parameters():
+            if name in frozen:
+                parameter.requires_grad_(False)
+        total = sum(1 for _ in self.model.parameters())
+        self._print(f"Frozen layers: {len(frozen)}; trainable layers: {total - len(frozen)} "
+                    f"(--freeze_layers {' '.join(prefixes)})")
+
+    def _build_loss(self, training: Any) -> nn.Module:
+        """The paper's loss unless --loss or --use_standard_loss asks for MSST's (default masked_loss)."""
+        a = self.args
+        names = getattr(a, "loss", None)
+        if names is None and not getattr(a, "use_standard_loss", False):
+            return PaperLoss(self.model.loss_settings, float(training.get("waveform_loss_weight", 10.0)))
+        names = names or ["masked_loss"]
+        coefficients = {n: getattr(a, f"{n}_coef", COEF_DEFAULTS[n]) for n in MSST_LOSSES}
+        return MSSTLoss(names, coefficients, self.config)
+
+    def _set_memory_fraction(self) -> None:
+        if not getattr(self.args, "set_per_process_memory_fraction", False):
+            return
+        if self.device.type != "cuda":
+            self._print("--set_per_process_memory_fraction has no effect on CPU (it limits CUDA memory)")
+            return
+        torch.cuda.set_per_process_memory_fraction(1.0, self.device)  # MSST's value
+        torch.cuda.empty_cache()
+
     def _print(self, *parts: Any, end: str = "\n") -> None:
         print(*parts, file=self.out, flush=True, end=end)
 
@@ -215,7 +305,8 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
         if self.ema is not None:
-            self.ema.load_state_dict(checkpoint["model_state_dict"], checkpoint.get("ema_updates", 0))
+            self.ema.load_state_dict(checkpoint.get("ema_state_dict", checkpoint["model_state_dict"]),
+                                     checkpoint.get("ema_updates", 0))
         if checkpoint.get("scaler_state_dict"):
             self.scaler.load_state_dict(checkpoint["scaler_state_dict"])
         s = self.state
@@ -260,8 +351,11 @@ class Trainer:
     def checkpoint_payload(self) -> dict[str, Any]:
         s = self.state
         raw = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        served = self.ema.state_dict() if self.ema is not None else raw
+        if self.lora_scaling is not None:  # plain BSMamba2 names with the adapter merged in
+            served = merged_state_dict(served, self.lora_scaling)
         payload: dict[str, Any] = {
-            "model_state_dict": self.ema.state_dict() if self.ema is not None else raw,
+            "model_state_dict": served,
             "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict(),
             "epoch": s.epoch,
@@ -281,9 +375,14 @@ class Trainer:
             "model_type": MODEL_TYPE,
             "trainer_format": FORMAT_VERSION,
         }
-        if self.ema is not None:
+        if self.ema is not None or self.lora_scaling is not None:
             payload["raw_model_state_dict"] = raw
+        if self.ema is not None:
             payload["ema_updates"] = self.ema.updates
+            if self.lora_scaling is not None:
+                payload["ema_state_dict"] = self.ema.state_dict()
+        if self.lora_scaling is not None:
+            payload["lora_state_dict"] = adapter_state_dict(payload.get("ema_state_dict", raw))
         return payload
 
     def save_last(self) -> None:
@@ -317,11 +416,15 @@ class Trainer:
         self._print(
             f"Instruments: {list(self.config.training.instruments)}"
             f" (target: {self.config.training.get('target_instrument', None)})\n"
-            f"Metric for best checkpoint and scheduler: {self.metric}\n"
+            f"Metrics: {self.metrics}. Metric for best checkpoint and scheduler: {self.metric}\n"
+            f"Loss: {self.loss_fn.describe()}\n"
             f"Batch size: {self.batch_size} Grad accum steps: {self.accumulation} Processes: {self.dist.world_size} "
             f"Effective batch size: {eff}\n"
-            f"Dataset type: {self.args.dataset_type} Chunk: {self.chunk_size} samples\n"
+            f"Dataset type: {self.args.dataset_type} Chunk: {self.chunk_size} samples"
+            + (f" (chunk_size_augm: each batch cut to {self.chunk_augmentation.minimum}.."
+               f"{self.chunk_augmentation.maximum})" if self.chunk_augmentation else "") + "\n"
             f"Optimizer: {self.config.training.get('optimizer', 'adam')} lr {self.config.training.lr} "
+            f"Scheduler: {self.config.training.get('scheduler', 'ReduceLROnPlateau')} "
             f"Device: {self.device} Precision: {self.autocast_dtype or torch.float32}\n"
             f"Model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters\n"
             f"Train for: {self.num_epochs} epochs x {self.num_steps} batches; results in {self.results_path}"
@@ -349,7 +452,7 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             estimate = self.train_model(mixture)
-        return self.loss_fn(estimate, stems)
+        return self.loss_fn(estimate, stems, mixture)
 
     def train_epoch(self) -> None:
         s, a = self.state, self.args
@@ -368,6 +471,9 @@ class Trainer:
             boundary = (index + 1) % self.accumulation == 0 or index + 1 == self.num_steps
             for k, value in enumerate(counters.sum(0).tolist()):
                 s.data_counters[k] += int(value)
+            if self.chunk_augmentation is not None:  # MSST's music_collate_fn: the batch's first L samples
+                length = self.chunk_augmentation.length(a.seed, s.epoch, index)
+                stems, mixture = stems[..., :length], mixture[..., :length]
             mixture = mixture.to(self.device, non_blocking=True)
             stems = stems.to(self.device, non_blocking=True)
             sync = boundary or not self.dist.enabled
@@ -420,6 +526,8 @@ class Trainer:
             self.optimizer.step()
         if finite and self.ema is not None:
             self.ema.update(self.model)
+        if finite and not isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step()  # linear_scheduler: per optimizer step, as MSST
         if finite:
             self.log.scalars(self.state.global_step + 1, {"train/grad_norm": float(norm)})
         return finite
@@ -456,33 +564,45 @@ class Trainer:
         value = math.nan
         if self.valid_tracks and self.dist.is_main:
             result, seconds = timed_validation(self.validation_model(), self.valid_tracks, self.config, self.device,
-                                               progress=not self.args.no_progress)
+                                               progress=not self.args.no_progress, metrics=self.metrics)
             self._print(report_text(result, seconds), end="")
             csv_path = append_csv(self.results_path, epoch, result)
-            value = result.average(self.metric)
+            value = average(result.summaries, self.metric)
+            per_instrument = {summary.stem: {m: summary.value(m) for m in dict.fromkeys([*ALWAYS, *self.metrics])}
+                              for summary in result.summaries}
+            averages = {m: average(result.summaries, m) for m in self.metrics}
             if epoch >= 0:
-                s.all_metrics[f"epoch_{epoch}"] = result.per_instrument()
-            for instrument, metrics in result.per_instrument().items():
+                s.all_metrics[f"epoch_{epoch}"] = per_instrument
+            for instrument, metrics in per_instrument.items():
                 self.log.scalars(s.global_step, {f"valid/{instrument}/{k}": v for k, v in metrics.items()})
-            self.log.scalars(s.global_step, {f"valid/avg_{self.metric}": value})
+            self.log.scalars(s.global_step, {f"valid/avg_{m}": v for m, v in averages.items()})
             self._print(f"Validation metrics appended to {csv_path}")
+            if epoch >= 0 and self.args.save_weights_every_epoch:
+                path = every_epoch_checkpoint_path(self.results_path, epoch, averages)
+                self._print(f"Store weights: {path}")
+                save_atomically(self.checkpoint_payload(), path)
         value = float(self.dist.broadcast(value))
         if epoch < 0 or math.isnan(value):
             s.epoch_validated = True
             if epoch >= 0:
                 self.save_last()
             return
-        higher_better = METRICS[self.metric][1]
+        higher_better = METRIC_DIRECTIONS[self.metric]
         score = value if higher_better else -value
         best_score = s.best_metric if higher_better else -s.best_metric
         if s.best_metric == -math.inf or score > best_score:
             s.best_metric = value
             s.epoch_validated = True
             if self.dist.is_main:
-                path = best_checkpoint_path(self.results_path, epoch, self.metric, value)
+                per_stem = None
+                if self.args.each_metrics_in_name:
+                    per_stem = {stem: [sc.value(self.metric) for sc in result.scores if sc.stem == stem]
+                                for stem in dict.fromkeys(sc.stem for sc in result.scores)}
+                path = best_checkpoint_path(self.results_path, epoch, self.metric, value, per_stem)
                 self._print(f"Store weights: {path}")
                 save_atomically(self.checkpoint_payload(), path)
-        self.scheduler.step(score)
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(score)
         s.epoch_validated = True
         self.save_last()
 

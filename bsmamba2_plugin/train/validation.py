@@ -13,16 +13,16 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.evaluate.track_folders import TrackFolder, find_tracks, read_audio
 from bsmamba2_plugin.atomic_file import write_bytes_atomically
 from bsmamba2_plugin.evaluate.report import msst_table
 from bsmamba2_plugin.evaluate.scoring import StemScore, StemSummary, score_stem, summarize
+from bsmamba2_plugin.evaluate.track_folders import TrackFolder, find_tracks, read_audio
 from bsmamba2_plugin.separate import Separator
 
 from .errors import TrainingDataError
@@ -73,14 +73,18 @@ def find_validation_tracks(valid_paths: list[str], instruments: list[str], sampl
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, tracks: list[TrackFolder], config: Any, device: torch.device,
-             silence_threshold_db: float = -60.0, progress: bool = True) -> ValidationResult:
+             silence_threshold_db: float = -60.0, progress: bool = True,
+             metrics: Sequence[str] = ()) -> ValidationResult:
+    """Each track separated by the package's engine and scored: sdr, csdr, leakage, plus ``metrics``
+    (MSST's names, `bsmamba2_plugin.metrics`)."""
     separator = Separator(config, model=model, device=device)  # puts the model in eval mode
     scores: list[StemScore] = []
     for track in tqdm(tracks, desc="valid", disable=not progress, leave=False):
         mixture, rate = read_audio(track.mixture_path)
         for instrument, estimate in separator.separate(mixture, rate).items():
             reference, _ = read_audio(track.stem_path(instrument))
-            scores.append(score_stem(track.name, instrument, reference, estimate, rate, silence_threshold_db))
+            scores.append(score_stem(track.name, instrument, reference, estimate, rate, silence_threshold_db,
+                                     metrics, mixture))
     return ValidationResult(scores, summarize(scores))
 
 
@@ -109,7 +113,8 @@ def append_csv(results_path: Path, epoch: int, result: ValidationResult) -> Path
     return path
 
 
-def timed_validation(model, tracks, config, device, progress=True) -> tuple[ValidationResult, float]:
+def timed_validation(model, tracks, config, device, progress=True, metrics: Sequence[str] = ()
+                     ) -> tuple[ValidationResult, float]:
     start = time.time()
-    result = validate(model, tracks, config, device, progress=progress)
+    result = validate(model, tracks, config, device, progress=progress, metrics=metrics)
     return result, time.time() - start
