@@ -205,6 +205,8 @@ def config_from_official_hparams(data: Mapping[str, Any], origin: str = "hparams
         _say(origin, f"featurizer.multi_n_fft={multi_n_fft} is not used: the loss's smallest n_fft is "
                      f"stft_n_fft={n_fft} here")
     config = _shipped_paper_config().to_dict()  # plain dicts: ConfigDict refuses to change a value's type
+    if "freqs_per_bands" in model:  # a tuple, as MSST's own bs_mamba2 class is typed
+        model["freqs_per_bands"] = tuple(int(f) for f in model["freqs_per_bands"])
     config["model"] = {**model, **stft, "num_stems": len(targets)}
 
     training = config["training"]
@@ -260,6 +262,7 @@ def config_from_official_hparams(data: Mapping[str, Any], origin: str = "hparams
     config["audio"]["chunk_size"] = int(round(window_seconds * sample_rate))
     config["audio"]["n_fft"] = n_fft
     config["audio"]["hop_length"] = stft["stft_hop_length"]
+    config["audio"]["dim_t"] = config["audio"]["chunk_size"] // stft["stft_hop_length"] + 1  # informational
     config["audio"]["num_channels"] = 2 if model.get("stereo", False) else 1
     sad = _lookup(data, "sad", origin, default=None)
     if isinstance(sad, Mapping):

@@ -13,7 +13,7 @@ echo "torch==2.13.0" > /tmp/bsmamba2-constraints.txt
 pip -c /tmp/bsmamba2-constraints.txt ./registry ./compat -e ".[test]"
 # The real MSST package, for the compatibility and separation tests.
 pip --no-deps msst==0.1.0 torch-log-wmse==1.1.0
-pip -c /tmp/bsmamba2-constraints.txt omegaconf librosa wandb
+pip -c /tmp/bsmamba2-constraints.txt omegaconf librosa wandb rotary-embedding-torch
 
 # museval imports stempeg, which needs the ffmpeg and ffprobe programs.
 if ! command -v ffprobe >/dev/null; then
