@@ -153,7 +153,7 @@ def official_hparams(tiny: bool = False) -> dict[str, Any]:
         hparams["test_dataset"].update(win_size=TINY_CHUNK / 44100, hop_size=TINY_CHUNK / 44100, batch_size=2)
         hparams["train_loader"]["batch_size"] = 2
         hparams["train_dataset"]["num_steps"] = 4
-        hparams["trainer"]["max_epochs"] = 1
+        hparams["trainer"].update(max_epochs=1, accumulate_grad_batches=1)
         hparams["opt"]["lr"] = 1e-3
     return hparams
 
