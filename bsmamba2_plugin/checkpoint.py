@@ -3,8 +3,8 @@
 Accepted: a plain state dict; MSST's training dict (`model_state_dict`, also `state` and
 `state_dict`); our trainer's dict (EMA in `model_state_dict`, raw in `raw_model_state_dict`);
 a PyTorch Lightning checkpoint of the official code (`state_dict`, keys prefixed `model.`, its
-EMA copy in `optimizer_states[0]["ema"]`); `.safetensors`. `torch.load` always runs with
-`weights_only=True`: opening a checkpoint must never execute code from it.
+EMA copy in `optimizer_states[0]["ema"]`); `.safetensors`. Opening a checkpoint never executes
+code from it (`load_weights_only`).
 
 Every model this module returns carries `model.loaded_weights` (`LoadedWeights`): which file,
 which layout, EMA or raw weights, how many parameters; commands print it at start.
@@ -269,6 +269,10 @@ class InertObject:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
+    def __call__(self, *args: Any, **kwargs: Any) -> InertObject:
+        """A pickled call through a stand-in (e.g. getattr(cls, name)(...)) gives another stand-in."""
+        return InertObject(*args, **kwargs)
+
     def __setitem__(self, key: Any, value: Any) -> None:
         self.items[key] = value
 
@@ -281,32 +285,75 @@ class InertObject:
 
 
 def load_weights_only(path: Path) -> Any:
-    """torch.load with weights_only=True; objects of other classes become InertObjects.
+    """The checkpoint object in `path`, without ever running code from it.
 
-    Lightning checkpoints of the official code pickle their OmegaConf hyper-parameters,
-    which weights_only refuses. The second attempt maps every class the file names to an
-    inert stand-in, still under weights_only=True, so nothing from the file runs.
+    First torch.load(weights_only=True). Files that name other classes (the official Lightning
+    checkpoints pickle OmegaConf hyper-parameters; MSST's train.py pickles its scheduler, which
+    under recent torch holds the optimizer object) are then read by a restricted unpickler:
+    names on torch's weights-only allow-list resolve as usual, every other name becomes an inert
+    stand-in (`InertObject`) that only keeps what it is given, so nothing from the file runs.
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        if not names:
-            raise
-        stand_ins = [
-            (type(name.rsplit(".", 1)[-1], (InertObject,), {"__module__": name.rsplit(".", 1)[0]}), name)
-            for name in names
-        ]
+    except pickle.UnpicklingError as first:
         try:
-            with torch.serialization.safe_globals(stand_ins):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=INERT_PICKLE)
+        except Exception as error:  # noqa: BLE001
             raise CheckpointError(
-                f"checkpoint {path} can only be opened by running code it names ({', '.join(names)}); "
-                "refused. Re-save its weights as a plain state dict or .safetensors"
+                f"checkpoint {path} cannot be opened without running code it names ({first}); refused. "
+                "Re-save its weights as a plain state dict or .safetensors"
             ) from error
 
 
+def _allowed_globals() -> dict[str, Any]:
+    """torch's own list of what a weights-only load may resolve (tensor rebuilding, dtypes, ...)."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = dict(_get_allowed_globals())
+    except (ImportError, AttributeError):  # older torch: the minimum that tensors need
+        import collections
+
+        allowed = {"collections.OrderedDict": collections.OrderedDict,
+                   "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+                   "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter}
+    for safe in torch.serialization.get_safe_globals():
+        if isinstance(safe, tuple):
+            safe, name = safe
+        else:
+            name = f"{safe.__module__}.{safe.__qualname__}"
+        allowed[name] = safe
+    return allowed
+
+
+_STAND_INS: dict[str, type] = {}
+
+
+def _stand_in(full_name: str) -> type:
+    if full_name not in _STAND_INS:
+        module, _, name = full_name.rpartition(".")
+        _STAND_INS[full_name] = type(name or full_name, (InertObject,), {"__module__": module or "unknown"})
+    return _STAND_INS[full_name]
+
+
+class InertUnpickler(pickle.Unpickler):
+    """Resolves only allow-listed names; everything else is an inert stand-in class."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        allowed = _allowed_globals()
+        return allowed[full] if full in allowed else _stand_in(full)
+
+
+def _inert_load(file: Any, **kwargs: Any) -> Any:
+    return InertUnpickler(file, **kwargs).load()
+
+
+# torch.load's `pickle_module`: it subclasses `Unpickler` (adding storage loading) and calls `load`.
+INERT_PICKLE = type(pickle)("bsmamba2_inert_pickle")
+INERT_PICKLE.Unpickler = InertUnpickler
+INERT_PICKLE.load = _inert_load
+INERT_PICKLE.__dict__.update({name: getattr(pickle, name) for name in ("UnpicklingError", "HIGHEST_PROTOCOL")})
 
 
 # --- whether the weights are BSMamba2 at all, and which BSMamba2 ----------------------------
