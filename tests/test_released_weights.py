@@ -278,3 +278,32 @@ def test_bands_that_do_not_match_the_weights(tmp_path: Path) -> None:
                                               r"freqs_per_bands \(2 x 24, 4 x 12, 12 x 8, 24 x 8, 48 x 8, 128, 129\)"):
         load_model(paper, weights)
 
+
+
+@pytest.mark.parametrize("model_type, works", [(None, True), ("bs_mamba2", True), ("bs_roformer", False)])
+def test_stream_command_with_msst_s_yaml(tmp_path: Path, model_type: str | None, works: bool) -> None:
+    """The streaming command: training.model_type absent or bs_mamba2 runs BSMamba2; another type
+    stops at start with one line naming it."""
+    import subprocess
+    import sys
+
+    from bsmamba2_plugin.config import load_config
+    from bsmamba2_plugin.separate import demix
+
+    extra = {} if model_type is None else {"model_type": model_type}
+    config = write_msst_config(tmp_path / "config_bs_mamba2_vocals.yaml", tiny=True, **extra)
+    ckpt = tmp_path / "bs_mamba2_vocals.ckpt"
+    torch.save(random_weights(0), ckpt)
+    mixture = (np.random.default_rng(3).standard_normal((2, 9000)) * 0.1).astype(np.float32)
+    sf.write(tmp_path / "song.wav", mixture.T, 44100, subtype="FLOAT")
+    done = subprocess.run([sys.executable, "-m", "bsmamba2_plugin.separate.stream", "--config_path", str(config),
+                           "--start_check_point", str(ckpt), "--input", str(tmp_path / "song.wav"), "--store_dir",
+                           str(tmp_path / "out"), "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    if not works:
+        assert done.returncode == 2
+        assert "training.model_type is 'bs_roformer'; this package runs BSMamba2 only" in done.stderr
+        return
+    assert done.returncode == 0, done.stderr
+    stem, _ = sf.read(tmp_path / "out" / "song_vocals.wav", dtype="float32", always_2d=True)
+    loaded = load_config(config)
+    np.testing.assert_allclose(stem.T, demix(load_model(loaded, ckpt), mixture, loaded)["vocals"], atol=1e-5)
