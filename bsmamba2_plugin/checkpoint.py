@@ -296,12 +296,22 @@ def load_weights_only(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as first:
+        names: list[str] = []
+        if zipfile.is_zipfile(path):
+            try:
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            except Exception:  # noqa: BLE001 - a damaged archive: the first error says it
+                names = []
+            if not names:
+                raise
         try:
             return torch.load(path, map_location="cpu", weights_only=False, pickle_module=INERT_PICKLE)
         except Exception as error:  # noqa: BLE001
+            if not names:  # not a zip checkpoint that names code: damaged or not a checkpoint at all
+                raise first from error
             raise CheckpointError(
-                f"checkpoint {path} cannot be opened without running code it names ({first}); refused. "
-                "Re-save its weights as a plain state dict or .safetensors"
+                f"checkpoint {path} names code ({', '.join(names)}) and cannot be read with inert stand-ins for it "
+                f"({error}); refused. Re-save its weights as a plain state dict or .safetensors"
             ) from error
 
 
@@ -369,7 +379,7 @@ OTHER_ARCHITECTURES = (
      "an MDX23C / TFC-TDF net (MSST's mdx23c)", None),
     (re.compile(r"^(crosstransformer\.|encoder\.\d+\.conv\.weight|tencoder\.)"), None,
      "a (HT)Demucs model (MSST's htdemucs)", None),
-    (re.compile(r"(^|\.)(su_layers|sd_layers)\."), None, "an SCNet (MSST's scnet)", None),
+    (re.compile(r"^encoder\.\d+\.SDlayer\."), None, "an SCNet (MSST's scnet)", None),
 )
 BSMAMBA2_SIGNATURE = re.compile(r"^layers\.\d+\.\d+\.forward_blocks\.0\.mixer\.in_proj\.weight$")
 

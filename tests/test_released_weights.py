@@ -251,7 +251,10 @@ def test_other_architectures_are_named(tmp_path: Path, tiny_config: Path) -> Non
         "model": {"act": "gelu", "bottleneck_factor": 4, "growth": 8, "norm": "InstanceNorm",
                   "num_blocks_per_scale": 1, "num_channels": 8, "num_scales": 2, "num_subbands": 4, "scale": [2, 2]},
         "training": {"instruments": ["vocals", "other"], "target_instrument": None}}))
-    cases = ((roformer, r"holds a BS-RoFormer"), (mel, r"holds a Mel-Band RoFormer"), (mdx, r"holds an MDX23C"))
+    from msst.models.scnet.scnet import SCNet
+
+    cases = ((roformer, r"holds a BS-RoFormer"), (mel, r"holds a Mel-Band RoFormer"), (mdx, r"holds an MDX23C"),
+             (SCNet(), r"holds an SCNet"))
     for model, expected in cases:
         path = tmp_path / f"{type(model).__name__}.ckpt"
         torch.save({"model_state_dict": model.state_dict()}, path)
