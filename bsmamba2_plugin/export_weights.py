@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .atomic_file import atomic_path, write_bytes_atomically, write_text_atomically
-from .checkpoint import SAFETENSORS_WEIGHTS_KEY, WEIGHT_CHOICES, CheckpointError, load_model
+from .checkpoint import SAFETENSORS_WEIGHTS_KEY, WEIGHT_CHOICES, CheckpointError, find_run_checkpoint, load_model
 from .config import ConfigError, config_to_yaml, load_config
 
 TORCH_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin")
@@ -43,7 +43,10 @@ def export_weights(
         raise ValueError(f"--output {output}: name it *.safetensors or one of {', '.join('*' + s for s in TORCH_SUFFIXES)}")
     if checkpoint is not None and Path(checkpoint).resolve() == output.resolve():
         raise ValueError(f"--output {output} is the checkpoint being read; choose another name")
-    model = load_model(config_path, checkpoint, weights=weights)
+    if checkpoint is None and Path(config_path).is_dir():
+        checkpoint = find_run_checkpoint(config_path)
+    config = load_config(config_path)  # once: an official hparams.yaml's conversion notes print once
+    model = load_model(config, checkpoint, weights=weights)
     info = model.loaded_weights
     if info.path is None:
         raise ValueError(f"no checkpoint to export: give --start_check_point ({config_path} names none)")
@@ -60,7 +63,7 @@ def export_weights(
         torch.save(state, buffer)
         write_bytes_atomically(output, buffer.getvalue())
     if config_output is not None:
-        write_text_atomically(config_output, config_to_yaml(load_config(config_path)))
+        write_text_atomically(config_output, config_to_yaml(config))
     return f"{info} -> {output}"
 
 
