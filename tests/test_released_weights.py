@@ -15,7 +15,7 @@ import yaml
 from bsmamba2_plugin import BSMamba2, CheckpointError, load_model, read_state_dict
 from bsmamba2_plugin.checkpoint import read_checkpoint
 from bsmamba2_plugin.config import ConfigError, load_config, resolve_model_type
-from released_layouts import (TINY_CHUNK, TINY_MODEL, msst_training_dict, official_hparams, write_msst_config,
+from released_layouts import (TINY_MODEL, msst_training_dict, official_hparams, write_msst_config,
                               write_official_run)
 
 PAPER_PARAMETERS = 48_098_188
