@@ -58,12 +58,13 @@ def spectrogram_columns(path: str | Path, workdir: str | Path, columns: int = SP
             start, stop = int(edges[column]), int(edges[column + 1])
             total = np.zeros(n_fft // 2 + 1)
             used = 0
-            for block_start in range(start, stop, READ_BLOCK):
-                offsets = np.arange(block_start, min(stop, block_start + READ_BLOCK), hop)
-                offsets = offsets[offsets + n_fft <= frames]  # whole frames only: a cut edge splatters
-                if len(offsets):
-                    total += _frame_power(source, int(offsets[0]), len(offsets), hop, window)
-                    used += len(offsets)
+            offsets = np.arange(start, stop, hop)
+            offsets = offsets[offsets + n_fft <= frames]  # whole frames only: a cut edge splatters
+            group = max(1, READ_BLOCK // hop)  # frames per read
+            for first in range(0, len(offsets), group):
+                count_here = len(offsets[first:first + group])
+                total += _frame_power(source, int(offsets[first]), count_here, hop, window)
+                used += count_here
             if used == 0:  # the last column(s), or a file shorter than one frame: the frame ending there
                 total = _frame_power(source, max(0, min(start, frames - n_fft)), 1, hop, window)
                 used = 1
@@ -121,8 +122,8 @@ def stem_levels(stems: dict[str, Path], reference: str, workdir: Path,
 
     Blocks are whole 1 s frames, so ``silent_leakage``/``silent_fraction`` decide silence frame by
     frame as on the whole signal; their per-block results are merged back into energies. (A block
-    whose leaked level is at the -120 dBFS floor counts as exactly that level, which only matters
-    when the whole result lies near the floor.)
+    whose leaked level is at the -120 dBFS floor counts as no energy: exact for digital silence, and
+    otherwise at most 1e-12 per value too low, which only matters when the result lies near the floor.)
     """
     sources = {name: open_audio(path, workdir) for name, path in stems.items()}
     try:
@@ -146,7 +147,8 @@ def stem_levels(stems: dict[str, Path], reference: str, workdir: Path,
                 if silent_count:
                     leaked = silent_leakage(reference_block, stem_block, rate,
                                             silence_threshold_db=silence_threshold_db)
-                    silent_energy[name] += 10.0 ** (leaked / 10.0) * silent_count
+                    if leaked > LEAKAGE_FLOOR_DB:  # at the floor: at most 1e-12 per value, counted as 0
+                        silent_energy[name] += 10.0 ** (leaked / 10.0) * silent_count
         return LevelReport(
             reference=reference,
             silent_fraction=silent_values / values if values else math.nan,
