@@ -8,6 +8,10 @@ reading/writing and (with --input_rate) resampling paths are the ones every mode
 
     python benchmarks/separate_memory.py                     # 1, 10, 60 minutes
     python benchmarks/separate_memory.py --minutes 1 10 --input_rate 11025   # include resampling
+    python benchmarks/separate_memory.py --minutes 60 --bigshifts 1 4 --use_tta   # extra passes
+
+With several --bigshifts values each length runs once per value, and the last column gives the peak
+relative to the first value's run (MSST's bigshifts and TTA passes are summed in a temporary file).
 """
 from __future__ import annotations
 
@@ -49,8 +53,8 @@ CHILD = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from bsmamba2_plugin.separate import Separator
-    config, checkpoint, audio, out = sys.argv[1:5]
-    separator = Separator(config, checkpoint, device="cpu")
+    config, checkpoint, audio, out, bigshifts, tta = sys.argv[1:7]
+    separator = Separator(config, checkpoint, device="cpu", bigshifts=int(bigshifts), use_tta=tta == "1")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.time()
     written = separator.separate_file(audio, out)
@@ -79,6 +83,8 @@ def main() -> None:
     parser.add_argument("--sample_rate", type=int, default=8000, help="the tiny model's sample rate")
     parser.add_argument("--input_rate", type=int, default=None, help="file rate (default: the model's)")
     parser.add_argument("--workdir", default=None, help="folder for the generated audio (default: a temp dir)")
+    parser.add_argument("--bigshifts", type=int, nargs="+", default=[1], help="one run per value (default 1)")
+    parser.add_argument("--use_tta", action="store_true", help="TTA in the runs with bigshifts > 1")
     args = parser.parse_args()
     input_rate = args.input_rate or args.sample_rate
 
@@ -94,25 +100,32 @@ def main() -> None:
         torch.save({"model_state_dict": load_model(config).state_dict()}, work / "tiny.ckpt")
 
         print(f"model rate {args.sample_rate} Hz, file rate {input_rate} Hz, stereo, chunk 16384, overlap 2")
-        print(f"{'minutes':>8} {'frames':>12} {'audio MiB':>10} {'peak RSS loaded MiB':>20} "
-              f"{'peak RSS MiB':>13} {'growth MiB':>11} {'seconds':>8} {'x realtime':>10}")
+        print(f"{'minutes':>8} {'passes':>14} {'frames':>12} {'audio MiB':>10} {'peak RSS loaded MiB':>20} "
+              f"{'peak RSS MiB':>13} {'growth MiB':>11} {'seconds':>8} {'x realtime':>10} {'peak / first':>12}")
         for minutes in args.minutes:
             audio = work / f"input_{minutes:g}min.wav"
             frames = write_input(audio, minutes, input_rate)
-            child = subprocess.run(
-                [sys.executable, "-c", CHILD, str(config), str(work / "tiny.ckpt"), str(audio), str(work / "out")],
-                capture_output=True, text=True,
-            )
-            if child.returncode != 0:
-                raise SystemExit(f"separation of {minutes} min failed:\n{child.stderr}")
-            report = json.loads(child.stdout.strip().splitlines()[-1])
-            written = sf.info(report["outputs"]["vocals"])
-            if written.frames != frames:
-                raise SystemExit(f"{minutes} min: output has {written.frames} frames, input {frames}")
-            before, peak = report["before_kib"] / 1024, report["peak_kib"] / 1024
-            audio_mib = frames * 2 * 4 / 2**20  # the stereo input as float32, what an in-memory demix holds per copy
-            print(f"{minutes:>8g} {frames:>12d} {audio_mib:>10.1f} {before:>20.1f} {peak:>13.1f} {peak - before:>11.1f} "
-                  f"{report['seconds']:>8.1f} {minutes * 60 / report['seconds']:>10.1f}", flush=True)
+            first_peak = None
+            for bigshifts in args.bigshifts:
+                tta = args.use_tta and bigshifts > 1
+                child = subprocess.run(
+                    [sys.executable, "-c", CHILD, str(config), str(work / "tiny.ckpt"), str(audio), str(work / "out"),
+                     str(bigshifts), "1" if tta else "0"],
+                    capture_output=True, text=True,
+                )
+                if child.returncode != 0:
+                    raise SystemExit(f"separation of {minutes} min failed:\n{child.stderr}")
+                report = json.loads(child.stdout.strip().splitlines()[-1])
+                written = sf.info(report["outputs"]["vocals"])
+                if written.frames != frames:
+                    raise SystemExit(f"{minutes} min: output has {written.frames} frames, input {frames}")
+                before, peak = report["before_kib"] / 1024, report["peak_kib"] / 1024
+                first_peak = first_peak or peak
+                audio_mib = frames * 2 * 4 / 2**20  # the stereo input as float32, what an in-memory demix holds
+                passes = f"{bigshifts} shift(s)" + (" x TTA" if tta else "")
+                print(f"{minutes:>8g} {passes:>14} {frames:>12d} {audio_mib:>10.1f} {before:>20.1f} {peak:>13.1f} "
+                      f"{peak - before:>11.1f} {report['seconds']:>8.1f} {minutes * 60 / report['seconds']:>10.1f} "
+                      f"{peak / first_peak:>12.3f}", flush=True)
             audio.unlink()
             for path in (work / "out").rglob("*.wav"):
                 path.unlink()

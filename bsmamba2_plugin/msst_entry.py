@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .model import BSMamba2
+from .settings import config_value, stem_names
 
 
 def _section(config: Any, name: str) -> Mapping[str, Any] | None:
@@ -20,21 +21,13 @@ def _section(config: Any, name: str) -> Mapping[str, Any] | None:
 
 def check_stems(config: Any, model: BSMamba2) -> None:
     """MSST expects one output stem per `training.instruments` entry, or one with `training.target_instrument`."""
-    training = _section(config, "training")
-    if training is None:
+    if _section(config, "training") is None:
         raise ValueError("training: missing section (MSST needs training.instruments)")
-    if "instruments" not in training:
-        raise ValueError("training.instruments: missing (the list of stems, e.g. [vocals, other])")
-    target = training["target_instrument"] if "target_instrument" in training else None
-    instruments = list(training["instruments"])
-    if target:
-        if target not in instruments:
-            raise ValueError(f"training.target_instrument={target!r} is not one of training.instruments={instruments}")
-        expected, why = 1, f"training.target_instrument={target!r}"
-    else:
-        expected, why = len(instruments), f"training.instruments has {len(instruments)} entries"
-    if model.num_stems != expected:
-        raise ValueError(f"model.num_stems={model.num_stems} but {why}: MSST expects {expected} output stem(s)")
+    wanted, everything = stem_names(config)
+    if model.num_stems != len(wanted):
+        target = config_value(config["training"], "target_instrument")
+        why = f"training.target_instrument={target!r}" if target else f"training.instruments has {len(everything)} entries"
+        raise ValueError(f"model.num_stems={model.num_stems} but {why}: MSST expects {len(wanted)} output stem(s)")
 
 
 def build_model(config: Any) -> BSMamba2:

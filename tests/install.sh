@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 pip() { python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
 
 pip torch==2.13.0
+# Building the registry/compat wheels in the tests (--no-build-isolation) needs these in this Python.
+pip setuptools wheel
 echo "torch==2.13.0" > /tmp/bsmamba2-constraints.txt
 # ./compat installs regularly (not -e): only a wheel install puts its .pth hook into site-packages.
 pip -c /tmp/bsmamba2-constraints.txt ./registry ./compat -e ".[test]"

@@ -1,8 +1,9 @@
 """The msst-compat .pth hook in a fresh virtual environment where the wheels are installed.
 
-The venv is made with --system-site-packages only to reuse the installed torch and the
-plugin; msst-registry and msst-compat are built as wheels from this checkout and installed
-into the venv, whose site-packages come first (the test checks that its copy is the one used).
+The venv sees exactly the packages of the Python running the tests (tests/inner_venv.py), to
+reuse the installed torch and the plugin; msst-registry and msst-compat are built as wheels from
+this checkout and installed into the venv, whose site-packages come first (the test checks that
+its copy is the one used).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+import inner_venv  # noqa: E402
 from msst_tiny_run import write_tiny_config  # noqa: E402
 
 START_COST_LIMIT_US = 5000
@@ -34,13 +36,8 @@ def venv(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(wheels), str(root / "src" / "registry"), str(root / "src" / "compat")], check=True)
     assert (wheels / "msst_compat-0.1.0-py3-none-any.whl").is_file()
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root / "venv")],
-                   check=True)
-    python = root / "venv" / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--force-reinstall", "-q",
-                    *map(str, sorted(wheels.glob("*.whl")))], check=True)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    python = inner_venv.create(root / "venv", sorted(wheels.glob("*.whl")))
+    site = inner_venv.purelib(python)
     assert (Path(site) / "msst_compat.pth").is_file(), "the wheel must put msst_compat.pth in site-packages"
     return python
 
@@ -57,6 +54,19 @@ def test_wheel_copy_is_the_one_in_use(venv):
     assert result.returncode == 0, result.stderr
     for line in result.stdout.split():
         assert line.startswith(str(venv.parent.parent)), line
+
+
+def test_inner_environment_sees_exactly_the_running_pythons_packages(venv):
+    code = ("import importlib.metadata as m, json; "
+            "print(json.dumps(sorted({d.metadata['Name'].lower() for d in m.distributions()})))")
+    outer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    inner = run(venv, code)
+    assert inner.returncode == 0, inner.stderr
+    assert inner.stdout == outer  # the wheels installed inside are also installed outside
+    where = run(venv, "import torch, bsmamba2_plugin; print(torch.__file__); print(bsmamba2_plugin.__file__)")
+    expected = subprocess.run([sys.executable, "-c", "import torch, bsmamba2_plugin; print(torch.__file__); "
+                               "print(bsmamba2_plugin.__file__)"], capture_output=True, text=True, check=True)
+    assert where.stdout == expected.stdout
 
 
 def test_start_cost_and_no_torch(venv):

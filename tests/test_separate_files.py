@@ -13,9 +13,9 @@ import yaml
 
 from bsmamba2_plugin.checkpoint import load_model
 from bsmamba2_plugin.config import load_config
-from bsmamba2_plugin.separate import InferenceSettings, Separator, demix, separate_blocks, separate_track
+from bsmamba2_plugin.separate import Separator, demix, separate_track
+from bsmamba2_plugin.separate.audio_pipeline import ArraySource
 from bsmamba2_plugin.separate.cli import main as cli_main
-from bsmamba2_plugin.separate.msst_demix import ArraySource, CollectingSink
 
 RATE = 8000
 
@@ -66,7 +66,8 @@ def test_file_output_equals_in_memory_demix(setup, tmp_path):
 
 def test_reads_and_writes_stay_bounded_whatever_the_length(setup):
     config_path, _, model = setup
-    settings = InferenceSettings.from_config(load_config(config_path))
+    separator = Separator(config_path, model=model, device="cpu")
+    settings = separator.settings
 
     class RecordingSource(ArraySource):
         largest = 0
@@ -75,20 +76,19 @@ def test_reads_and_writes_stay_bounded_whatever_the_length(setup):
             RecordingSource.largest = max(RecordingSource.largest, stop - start)
             return super().read(start, stop)
 
-    class RecordingSink(CollectingSink):
-        largest = 0
-
-        def write(self, block):
-            RecordingSink.largest = max(RecordingSink.largest, block.shape[-1])
-            super().write(block)
-
+    largest_block = [0]
     for frames in (30_000, 120_000):
-        sink = RecordingSink()
-        separate_blocks(model, RecordingSource(noise(2, frames)), sink, settings)
-        assert sink.joined().shape == (1, 2, frames)
+        blocks = []
+
+        def emit(block):
+            largest_block[0] = max(largest_block[0], block.shape[-1])
+            blocks.append(block)
+
+        separator._separate_source(RecordingSource(noise(2, frames)), settings, emit)
+        assert np.concatenate(blocks, axis=-1).shape == (1, 2, frames)
     bound = (settings.batch_size - 1) * (settings.chunk_size // settings.num_overlap) + settings.chunk_size
     assert RecordingSource.largest <= bound
-    assert RecordingSink.largest <= bound
+    assert largest_block[0] <= bound
 
 
 def test_mono_file_gives_mono_stems(setup, tmp_path):
@@ -229,6 +229,12 @@ def test_cli_setup_errors_are_clear(setup, tmp_path, capsys):
     assert cli_main(base + ["--start_check_point", str(tmp_path / "two_stems.ckpt")]) == 2
     assert "does not fit the model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli_main(base + ["--use_tta"])
+        cli_main(base + ["--lora_checkpoint_peft", "x.bin"])
     assert "does not support" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(base + ["--bigshifts", "0"])
+    assert "--bigshifts must be 1 or more" in capsys.readouterr().err
+    if not torch.backends.mps.is_available():
+        assert cli_main(base + ["--device", "mps"]) == 2
+        assert "MPS (Apple's Metal backend) is not available" in capsys.readouterr().err
     assert cli_main(base + ["--device", "cuda"] if not torch.cuda.is_available() else base + ["--device", "tpu"]) == 2

@@ -13,7 +13,7 @@ from ml_collections import ConfigDict
 
 from bsmamba2_plugin.model import BSMamba2
 from bsmamba2_plugin.separate import demix
-from bsmamba2_plugin.separate.streaming import StreamingSeparator
+from bsmamba2_plugin.separate import Separator
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def test_stream_equals_demix_with_batch_one(length, num_overlap, channels):
     rng = np.random.default_rng(length)
     mixture = (rng.standard_normal((channels, length)) * 0.1).astype(np.float32)
     expected = demix(model, mixture, config(num_overlap))["vocals"]
-    streamer = StreamingSeparator(model, config(num_overlap), channels)
+    streamer = Separator(config(num_overlap), model=model, device="cpu").stream(channels)
     pieces, position = [], 0
     while position < length:
         size = int(rng.integers(1, 900))

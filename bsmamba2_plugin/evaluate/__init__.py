@@ -5,8 +5,8 @@ from bsmamba2_plugin.lazy_exports import lazy_exports
 
 # Loaded on first use, so `python -m bsmamba2_plugin.evaluate` can tune the CPU allocator before torch starts.
 _LAZY = {
-    "Track": "bsmamba2_plugin.evaluate.dataset",
-    "find_tracks": "bsmamba2_plugin.evaluate.dataset",
+    "TrackFolder": "bsmamba2_plugin.evaluate.track_folders",
+    "find_tracks": "bsmamba2_plugin.evaluate.track_folders",
     "Evaluation": "bsmamba2_plugin.evaluate.run",
     "evaluate_tracks": "bsmamba2_plugin.evaluate.run",
     "StemScore": "bsmamba2_plugin.evaluate.scoring",

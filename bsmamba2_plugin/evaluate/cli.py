@@ -7,8 +7,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.evaluate.dataset import find_tracks
-from bsmamba2_plugin.evaluate.report import csv_text, figure_png, msst_table, write_atomically
+from bsmamba2_plugin.evaluate.track_folders import find_tracks
+from bsmamba2_plugin.atomic_file import write_bytes_atomically
+from bsmamba2_plugin.evaluate.report import csv_text, figure_png, msst_table
 from bsmamba2_plugin.evaluate.run import evaluate_tracks
 from bsmamba2_plugin.evaluate.scoring import summarize
 
@@ -27,7 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--estimates_folder", help="evaluate files <folder>/<track>/<stem>.<ext> instead of a model")
     parser.add_argument("--instruments", nargs="+", help="stems to evaluate (default: the config's targets)")
     parser.add_argument("--extension", default="wav", help="audio extension of the track files (default wav)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, else MPS, else CPU, as MSST), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--use_tta", action="store_true",
+                        help="MSST's test-time augmentation (plain, channel-swapped, polarity-inverted passes "
+                             "averaged), to measure what it buys")
+    parser.add_argument("--bigshifts", type=int, default=1, help="MSST's bigshifts: N circularly shifted passes")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="auto: bf16 where the device multiplies it natively, else fp32 "
+                             "(default: inference.precision in the YAML, else auto)")
     parser.add_argument("--duration", type=float, default=None,
                         help="separate N-second non-overlapping segments independently (the paper's "
                              "input-length study); the trailing remainder is not evaluated")
@@ -43,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.config_path is None) == (args.estimates_folder is None):
         parser.error("give either --config_path (evaluate a model) or --estimates_folder (evaluate files)")
+    if args.bigshifts < 1:
+        parser.error(f"--bigshifts must be 1 or more, got {args.bigshifts}")
     if args.duration is not None and args.duration <= 0:
         parser.error(f"--duration must be positive seconds, got {args.duration}")
     try:
@@ -50,14 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         separator = None
         if args.config_path:
             from bsmamba2_plugin.separate import Separator
+            from bsmamba2_plugin.separate.cli import describe_separator
 
-            separator = Separator(args.config_path, args.start_check_point or None, device=args.device)
+            separator = Separator(args.config_path, args.start_check_point or None, device=args.device,
+                                  precision=args.precision, use_tta=args.use_tta, bigshifts=args.bigshifts)
+            describe_separator(separator)
     except Exception as error:  # noqa: BLE001 - setup errors end the run with one clear line
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Tracks: {len(tracks)}" + (f", segments of {args.duration:g} s" if args.duration else ""),
           file=sys.stderr)
     bar = tqdm(total=len(tracks), desc="Tracks", unit="track")
+    samples = tqdm(total=1, desc="separating", unit="sample", unit_scale=True, leave=False,
+                   disable=separator is None)
 
     started = [0]
 
@@ -66,24 +82,31 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix_str(track.name[:30])
         started[0] += 1
 
+    def progress(done: int, total: int) -> None:  # model-rate samples over every pass
+        if samples.total != total:
+            samples.reset(total=total)
+        samples.n = done
+        samples.refresh()
+
     try:
         evaluation = evaluate_tracks(
             tracks, separator=separator,
             estimates_folder=Path(args.estimates_folder) if args.estimates_folder else None,
             stems=args.instruments, duration=args.duration, silence_threshold_db=args.silence_threshold_db,
-            on_track=on_track,
+            on_track=on_track, progress=progress,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    samples.close()
     bar.n = len(tracks)
     bar.close()
     store = Path(args.store_dir)
     scores = evaluation.scores
     summaries = summarize(scores)
-    write_atomically(store / "metrics.csv", csv_text(scores).encode())
+    write_bytes_atomically(store / "metrics.csv", csv_text(scores).encode())
     table = msst_table(summaries)
-    write_atomically(store / "summary.txt", table.encode())
+    write_bytes_atomically(store / "summary.txt", table.encode())
     print(table)
     if scores and not args.no_figure:
         stems = [s.stem for s in summaries]
@@ -91,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         title = f"{len({s.track for s in scores})} track(s)" + (
             f", {args.duration:g} s segments" if args.duration else "")
         try:
-            write_atomically(store / "metrics.png", figure_png(scores, summaries, leakage_stem, title))
+            write_bytes_atomically(store / "metrics.png", figure_png(scores, summaries, leakage_stem, title))
         except RuntimeError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

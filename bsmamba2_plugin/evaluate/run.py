@@ -7,10 +7,8 @@ from typing import Callable
 
 import numpy as np
 
-from bsmamba2_plugin.evaluate.dataset import Track, read_audio
+from bsmamba2_plugin.evaluate.track_folders import TrackFolder, read_audio
 from bsmamba2_plugin.evaluate.scoring import StemScore, score_stem
-from bsmamba2_plugin.evaluate.segments import separate_in_segments
-from bsmamba2_plugin.separate.resampling import resample_array
 
 
 @dataclass
@@ -19,31 +17,7 @@ class Evaluation:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def segmented_estimates(separator, mixture: np.ndarray, rate: int, duration: float
-                        ) -> tuple[dict[str, np.ndarray], int]:
-    """Estimates from independent ``duration``-second inputs; returns them and the evaluated length
-    at ``rate`` (whole segments only: the trailing remainder is left out of the evaluation)."""
-    settings = separator.settings
-    model_rate = separator.sample_rate
-    segment = int(round(duration * model_rate))
-    if segment < 1:
-        raise ValueError(f"--duration {duration} is shorter than one sample at {model_rate} Hz")
-    at_model_rate = resample_array(mixture, rate, model_rate)
-    count = at_model_rate.shape[1] // segment
-    if count == 0:
-        raise ValueError(f"track is shorter than one {duration} s segment")
-    used = at_model_rate[:, : count * segment]
-    target = None
-    if len(settings.instruments) == 1 and len(settings.all_instruments) > 1:
-        target = settings.all_instruments.index(settings.instruments[0])
-    stems = separate_in_segments(separator.model, np.ascontiguousarray(used), segment, settings.batch_size,
-                                 separator.device, len(settings.instruments), target)
-    length = round(count * segment * rate / model_rate)
-    return ({name: resample_array(stems[k], model_rate, rate, length=length)
-             for k, name in enumerate(settings.instruments)}, length)
-
-
-def _estimate_file(folder: Path, track: Track, stem: str) -> Path:
+def _estimate_file(folder: Path, track: TrackFolder, stem: str) -> Path:
     for candidate in (folder / track.name / f"{stem}.{track.extension}",
                       folder / track.name / "mixture" / f"{stem}.{track.extension}"):
         if candidate.is_file():
@@ -52,14 +26,15 @@ def _estimate_file(folder: Path, track: Track, stem: str) -> Path:
 
 
 def evaluate_tracks(
-    tracks: list[Track],
+    tracks: list[TrackFolder],
     *,
     separator=None,
     estimates_folder: Path | None = None,
     stems: list[str] | None = None,
     duration: float | None = None,
     silence_threshold_db: float = -60.0,
-    on_track: Callable[[Track], None] | None = None,
+    on_track: Callable[[TrackFolder], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     if (separator is None) == (estimates_folder is None):
         raise ValueError("evaluate with either a model (separator) or an estimates folder")
@@ -75,11 +50,10 @@ def evaluate_tracks(
         try:
             if separator is not None:
                 mixture, rate = read_audio(track.mixture_path)
-                if duration is None:
-                    estimates = separator.separate(mixture, rate)
-                    length = mixture.shape[1]
-                else:
-                    estimates, length = segmented_estimates(separator, mixture, rate, duration)
+                # --duration: each N-second segment one model input on its own (the paper's
+                # input-length study); only whole segments are separated and scored
+                estimates = separator.separate(mixture, rate, segment_seconds=duration, progress=progress)
+                length = next(iter(estimates.values())).shape[1]
             else:
                 estimates, length, rate = {}, None, None
                 for stem in stems:

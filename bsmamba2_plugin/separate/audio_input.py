@@ -46,43 +46,6 @@ class SoundFileSource:
         self._file.close()
 
 
-class DownmixSource:
-    """Averages every channel into one (mono) channel."""
-
-    def __init__(self, source):
-        self.source = source
-        self.frames = source.frames
-        self.channels = 1
-        self.sample_rate = source.sample_rate
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return self.source.read(start, stop).mean(axis=0, keepdims=True, dtype=np.float32)
-
-
-class ScaledSource:
-    """(x - mean) / std on the fly: MSST's ``inference.normalize`` without holding the track."""
-
-    def __init__(self, source, mean: float, std: float):
-        self.source, self.mean, self.std = source, mean, std
-        self.frames, self.channels = source.frames, source.channels
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return ((self.source.read(start, stop) - self.mean) / self.std).astype(np.float32, copy=False)
-
-
-def mono_mix_statistics(source, block: int = 1 << 18) -> tuple[float, float]:
-    """Mean and standard deviation of the channel-averaged signal, in one pass of blocks."""
-    total = 0.0
-    total_sq = 0.0
-    for start in range(0, source.frames, block):
-        mono = source.read(start, min(start + block, source.frames)).astype(np.float64).mean(axis=0)
-        total += float(mono.sum())
-        total_sq += float(np.square(mono).sum())
-    mean = total / source.frames
-    variance = max(total_sq / source.frames - mean * mean, 0.0)
-    return mean, variance ** 0.5
-
-
 def _decode_with_ffmpeg(path: Path, workdir: Path) -> Path:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:

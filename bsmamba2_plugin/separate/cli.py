@@ -11,9 +11,6 @@ from tqdm.auto import tqdm
 from bsmamba2_plugin.separate.output_naming import DEFAULT_TEMPLATE, OutputFormat
 
 UNSUPPORTED = {  # MSST flags this command does not implement, refused rather than ignored
-    "use_tta": False,
-    "bigshifts": 1,
-    "draw_spectro": 0,
     "lora_checkpoint_peft": "",
     "lora_checkpoint_loralib": "",
 }
@@ -30,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint (.ckpt/.pt/.pth/.safetensors; MSST, plain or Lightning layout)")
     parser.add_argument("--input_folder", required=True, help="a folder (searched recursively) or one audio file")
     parser.add_argument("--store_dir", required=True, help="folder for the separated stems")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, else MPS, else CPU, as MSST), cpu, cuda, cuda:N or mps")
     parser.add_argument("--device_ids", nargs="+", type=int, default=None,
                         help="MSST compatibility: the first id selects cuda:N")
     parser.add_argument("--force_cpu", action="store_true", help="same as --device cpu")
@@ -46,17 +44,47 @@ def build_parser() -> argparse.ArgumentParser:
                              "'{file_name}_{instr}' gives the older MSST names")
     parser.add_argument("--downmix", action="store_true",
                         help="average inputs with more than two channels into mono instead of refusing them")
-    parser.add_argument("--use_tta", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--bigshifts", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--draw_spectro", type=float, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--use_tta", action="store_true",
+                        help="MSST's test-time augmentation: also separate the channel-swapped and the "
+                             "polarity-inverted mixture, undo each and average the three (3x the time)")
+    parser.add_argument("--bigshifts", type=int, default=1,
+                        help="MSST's bigshifts: average N passes over the mixture circularly shifted by "
+                             "k*length/N samples (N times the time; default 1: off)")
+    parser.add_argument("--draw_spectro", type=float, default=0,
+                        help="write a spectrogram picture <stem>.jpg of the first SECONDS of each stem")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="auto: bf16 where the device multiplies it natively, else fp32 "
+                             "(default: inference.precision in the YAML, else auto)")
     parser.add_argument("--lora_checkpoint_peft", default="", help=argparse.SUPPRESS)
     parser.add_argument("--lora_checkpoint_loralib", default="", help=argparse.SUPPRESS)
     return parser
 
 
+def describe_separator(separator, files: int | None = None) -> None:
+    """The start-up lines every separating command prints: weights, device, precision, passes."""
+    weights = getattr(separator.model, "loaded_weights", None)
+    if weights is not None:
+        print(f"Weights: {weights}", file=sys.stderr)
+    settings = separator.settings
+    passes = []
+    if settings.use_tta:
+        passes.append("TTA (plain, channel-swapped, polarity-inverted)")
+    if settings.bigshifts > 1:
+        passes.append(f"bigshifts {settings.bigshifts}")
+    print(f"Device: {separator.device}. Precision: {separator.precision.reason}. "
+          f"Instruments: {', '.join(separator.instruments)}. Model sample rate: {separator.sample_rate}. "
+          f"Chunk {settings.chunk_size}, overlap {settings.num_overlap}, batch {settings.batch_size}. "
+          f"Passes per file: {settings.passes}" + (f" ({', '.join(passes)})" if passes else "") + "."
+          + (f" Files found: {files}." if files is not None else ""), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.bigshifts < 1:
+        parser.error(f"--bigshifts must be 1 or more, got {args.bigshifts}")
+    if args.draw_spectro < 0:
+        parser.error(f"--draw_spectro must be 0 (off) or a number of seconds, got {args.draw_spectro:g}")
     for name, default in UNSUPPORTED.items():
         if getattr(args, name) != default:
             parser.error(f"--{name} is an MSST option that bsmamba2_plugin.separate does not support")
@@ -67,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.device_ids and device in ("auto", "cuda"):
         device = f"cuda:{args.device_ids[0]}"
 
-    from bsmamba2_plugin.separate.track import Separator, list_inputs
+    from bsmamba2_plugin.separate.separator import Separator, list_inputs
 
     started = time.time()
     try:
@@ -75,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         inputs = list_inputs(Path(args.input_folder))
         if not args.start_check_point:
             print("warning: no --start_check_point given: the model has random weights", file=sys.stderr)
-        separator = Separator(args.config_path, args.start_check_point or None, device=device)
+        separator = Separator(args.config_path, args.start_check_point or None, device=device,
+                              precision=args.precision, use_tta=args.use_tta, bigshifts=args.bigshifts)
     except Exception as error:  # noqa: BLE001 - setup errors end the run with one clear line
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Device: {separator.device}. Instruments: {', '.join(separator.instruments)}. "
-          f"Model sample rate: {separator.sample_rate}. Files found: {len(inputs)}.", file=sys.stderr)
+    describe_separator(separator, len(inputs))
 
     folder_bar = tqdm(total=len(inputs), desc="Total progress", unit="file")
     bars: list[tqdm] = []
@@ -110,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         args.input_folder, args.store_dir, on_file=on_file,
         filename_template=args.filename_template, output_format=output_format,
         extract_instrumental=args.extract_instrumental, downmix=args.downmix, model_type=args.model_type,
+        draw_spectro=args.draw_spectro,
     )
     for bar in bars:
         bar.close()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import soundfile as sf
@@ -67,3 +67,26 @@ def template_fields(relative_input: Path, instrument: str, model_type: str, mode
         "model": model_name,
         "start_time": str(start_time),
     }
+
+
+@dataclass
+class FileJob:
+    """Where one file's stems go and in which format."""
+
+    store_dir: Path
+    relative_input: Path
+    filename_template: str = DEFAULT_TEMPLATE
+    output_format: OutputFormat = field(default_factory=OutputFormat)
+    model_type: str = "bsmamba2"
+    model_name: str = ""
+    start_time: int = 0
+
+    def stem_paths(self, names: list[str]) -> dict[str, Path]:
+        paths = {}
+        for name in names:
+            fields = template_fields(self.relative_input, name, self.model_type, self.model_name, self.start_time)
+            paths[name] = output_path(self.filename_template, self.store_dir, self.output_format.extension, fields)
+        if len(set(paths.values())) != len(paths):
+            raise ValueError(f"filename_template {self.filename_template!r} maps several stems to the same file; "
+                             f"include {{instr}}")
+        return paths

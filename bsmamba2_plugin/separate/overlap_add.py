@@ -1,141 +1,235 @@
-"""Block-wise chunked separation with MSST's overlap-add, reading and writing as it goes.
+"""The one chunk-and-overlap-add core: fed whole blocks or pushed samples, it gives MSST's output.
 
-Memory holds one batch of chunks and one overlap-add buffer of ``(batch_size - 1) * step + chunk``
-samples per stem, whatever the signal's length. The arithmetic (chunk padding, window, the order
-of the additions, the division and NaN handling) follows MSST's ``demix`` step for step, so the
-output is the same as MSST's for the same model and input.
+MSST's ``demix`` (generic branch) reflect-pads the mixture by ``border = chunk - step`` on both
+sides when it is longer than ``2 * border``, cuts chunks every ``step`` samples, runs them
+``batch_size`` at a time and overlap-adds them with a linear-fade window. Two quirks of its window
+must be reproduced for an identical result: the window is chosen once per *batch*, so only a batch
+that holds nothing but the first chunk drops its fade-in, and every chunk of the batch that holds
+the last chunk drops its fade-out.
+
+`OverlapAdd` does this incrementally. A batch runs once every sample of its chunks has arrived;
+such a batch can never be the last one (the signal, and so the right padding, goes on beyond
+it), so nothing has to be known in advance and the result is the same whatever the block sizes.
+The batch holding the last chunk runs in `finish()`. Memory holds one batch of input and one
+overlap-add buffer of ``(batch_size - 1) * step + chunk`` samples per stem. Latency in samples:
+`ChunkSchedule.latency`.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bsmamba2_plugin.separate.chunk_plan import ChunkPlan, InferenceSettings
+# (chunks, channels, chunk) on the runner's device -> (chunks, stems, channels, chunk) on the CPU
+ChunkFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
-class BlockSource(Protocol):
-    """Random-access signal read in blocks: float32 (channels, stop - start)."""
+@dataclass(frozen=True)
+class ChunkSchedule:
+    chunk: int
+    step: int
+    fade: int
+    batch_size: int
+    pad_edges: bool  # reflect-pad by `border` at both ends (MSST); False: chunks start at sample 0
 
-    frames: int
-    channels: int
+    @classmethod
+    def msst(cls, chunk: int, num_overlap: int, batch_size: int) -> ChunkSchedule:
+        return cls(chunk=chunk, step=chunk // num_overlap, fade=chunk // 10, batch_size=batch_size, pad_edges=True)
 
-    def read(self, start: int, stop: int) -> np.ndarray: ...
+    @classmethod
+    def segments(cls, segment: int, batch_size: int) -> ChunkSchedule:
+        """Independent, non-overlapping inputs of exactly ``segment`` samples (unit window)."""
+        return cls(chunk=segment, step=segment, fade=0, batch_size=batch_size, pad_edges=False)
 
+    @property
+    def border(self) -> int:
+        return self.chunk - self.step
 
-class BlockSink(Protocol):
-    """Receives consecutive output blocks shaped (stems, channels, samples), float32."""
+    @property
+    def latency(self) -> int:
+        """Samples a pushed sample may wait before its output leaves (compute time aside)."""
+        batch_span = (self.batch_size - 1) * self.step + self.chunk
+        return max(batch_span, 2 * self.border + 1) if self.pad_edges else batch_span
 
-    def write(self, block: np.ndarray) -> None: ...
-
-
-def _model_channels(model: torch.nn.Module) -> int | None:
-    inner = model.module if hasattr(model, "module") else model
-    channels = getattr(inner, "audio_channels", None)
-    return int(channels) if channels is not None else None
-
-
-def input_channel_mode(model: torch.nn.Module, channels: int) -> bool:
-    """Whether a mixture with ``channels`` channels is duplicated to stereo for this model.
-
-    MSST's demix turns a mono mixture into two identical channels and keeps the first channel of
-    each output; a model that itself declares one audio channel takes mono as it is.
-    """
-    expected = _model_channels(model)
-    if channels == 1 and expected != 1:
-        return True
-    if expected is not None and channels != expected:
-        raise ValueError(
-            f"the model takes {expected}-channel audio but the mixture has {channels} channels "
-            f"(mono is duplicated automatically; downmix other layouts first)"
-        )
-    return False
+    def base_window(self) -> torch.Tensor:
+        window = torch.ones(self.chunk)
+        if self.fade > 0:
+            window[-self.fade:] = torch.linspace(1, 0, self.fade)
+            window[: self.fade] = torch.linspace(0, 1, self.fade)
+        return window
 
 
-def separate_blocks(
-    model: torch.nn.Module,
-    source: BlockSource,
-    sink: BlockSink,
-    settings: InferenceSettings,
-    device: torch.device | str = "cpu",
-    progress: Callable[[int], None] | None = None,
-) -> None:
-    """Separate ``source`` into ``sink`` chunk by chunk (see module docstring)."""
-    plan = ChunkPlan.for_length(int(source.frames), settings)
-    duplicate_mono = input_channel_mode(model, int(source.channels))
-    out_channels = 1 if duplicate_mono else int(source.channels)
-    device = torch.device(device)
-    num_stems = len(settings.instruments)
-    target_index = None
-    if len(settings.instruments) == 1 and len(settings.all_instruments) > 1:
-        target_index = settings.all_instruments.index(settings.instruments[0])
+class OverlapAdd:
+    """``push(block)`` and ``finish()`` return (stems, channels, n) float32 arrays, n possibly 0."""
 
-    chunk = plan.chunk_size
-    capacity = (plan.batch_size - 1) * plan.step + chunk
-    result = torch.zeros((num_stems, 2 if duplicate_mono else out_channels, capacity), dtype=torch.float32)
-    counter = torch.zeros(capacity, dtype=torch.float32)
-    buffer_start = 0  # padded position of buffer index 0
-    signal_start, signal_stop = plan.offset, plan.offset + plan.length
+    def __init__(self, schedule: ChunkSchedule, run_chunks: ChunkFunction, channels: int, stems: int,
+                 device: torch.device | str = "cpu", progress: Callable[[int], None] | None = None):
+        self.schedule = schedule
+        self.run_chunks = run_chunks
+        self.channels = channels
+        self.stems = stems
+        self.device = torch.device(device)
+        self.progress = progress
+        self.base_window = schedule.base_window()
+        self.received = 0
+        self.head = np.zeros((channels, 0), np.float32)  # first samples, until padding is decided
+        self.padded: bool | None = None
+        self.pending = np.zeros((channels, 0), np.float32)  # padded input from pending_start on
+        self.pending_start = 0
+        self.next_chunk = 0
+        capacity = (schedule.batch_size - 1) * schedule.step + schedule.chunk
+        self.result = torch.zeros((stems, channels, capacity), dtype=torch.float32)
+        self.counter = torch.zeros(capacity, dtype=torch.float32)
+        self.buffer_start = 0  # padded position of buffer index 0
+        self.finished = False
 
-    amp = bool(settings.use_amp and device.type == "cuda")
-    with torch.autocast(device_type=device.type, enabled=amp), torch.inference_mode():
-        for batch in plan.batches():
-            span_start = batch.starts[0]
-            span_stop = batch.starts[-1] + batch.lengths[-1]
-            indices = plan.source_indices(span_start, span_stop)
-            low = int(indices.min())
-            high = int(indices.max()) + 1
-            raw = torch.from_numpy(np.ascontiguousarray(source.read(low, high), dtype=np.float32))
-            if raw.shape != (source.channels, high - low):
-                raise ValueError(
-                    f"source returned a block shaped {tuple(raw.shape)} for samples {low}:{high}, "
-                    f"expected ({source.channels}, {high - low})"
-                )
-            span = raw[:, indices - low]
-            if duplicate_mono:
-                span = span.repeat(2, 1)
+    @property
+    def offset(self) -> int:
+        """Padded position of the signal's first sample."""
+        return self.schedule.border if self.padded else 0
 
-            parts = []
-            for start, length in zip(batch.starts, batch.lengths):
-                part = span[:, start - span_start:start - span_start + length].to(device)
-                pad_mode = "reflect" if length > chunk // 2 else "constant"
-                parts.append(F.pad(part, (0, chunk - length), mode=pad_mode, value=0))
-            estimates = model(torch.stack(parts, dim=0))
-            if estimates.ndim != 4 or estimates.shape[0] != len(parts):
-                raise ValueError(
-                    f"the model must return (batch, stems, channels, samples); got {tuple(estimates.shape)}"
-                )
-            if target_index is not None and estimates.shape[1] == len(settings.all_instruments):
-                estimates = estimates[:, target_index:target_index + 1]
-            if estimates.shape[1] != num_stems:
-                raise ValueError(
-                    f"the model returned {estimates.shape[1]} stems but the config names {num_stems} "
-                    f"({list(settings.instruments)})"
-                )
+    def _empty(self) -> np.ndarray:
+        return np.zeros((self.stems, self.channels, 0), np.float32)
 
-            window = batch.window
-            for j, (start, length) in enumerate(zip(batch.starts, batch.lengths)):
-                offset = start - buffer_start
-                result[..., offset:offset + length] += estimates[j, ..., :length].cpu() * window[..., :length]
-                counter[offset:offset + length] += window[..., :length]
+    def push(self, block: np.ndarray) -> np.ndarray:
+        if self.finished:
+            raise RuntimeError("push() after finish()")
+        if block.ndim != 2 or block.shape[0] != self.channels:
+            raise ValueError(f"blocks must be shaped ({self.channels}, samples); got {block.shape}")
+        block = np.asarray(block, dtype=np.float32)
+        self.received += block.shape[1]
+        border = self.schedule.border
+        if self.padded is None:
+            self.head = np.concatenate([self.head, block], axis=1)
+            if self.schedule.pad_edges and border > 0 and self.head.shape[1] <= 2 * border:
+                return self._empty()  # MSST pads only signals longer than 2 * border: not known yet
+            self._start(padded=self.schedule.pad_edges and border > 0)
+        else:
+            self.pending = np.concatenate([self.pending, block], axis=1)
+        return self._run(end=None)
 
-            done = batch.final_until - buffer_start
-            emit_from = max(signal_start, buffer_start)
-            emit_to = min(signal_stop, batch.final_until)
-            if emit_to > emit_from:
-                a, b = emit_from - buffer_start, emit_to - buffer_start
-                block = (result[..., a:b] / counter[a:b]).numpy()
-                np.nan_to_num(block, copy=False, nan=0.0)
-                if duplicate_mono:
-                    block = block[:, :1]
-                sink.write(np.ascontiguousarray(block))
-                if progress is not None:
-                    progress(b - a)
-            keep = capacity - done
-            result[..., :keep] = result[..., done:].clone()
-            result[..., keep:] = 0
-            counter[:keep] = counter[done:].clone()
-            counter[keep:] = 0
-            buffer_start = batch.final_until
+    def finish(self) -> np.ndarray:
+        if self.finished:
+            return self._empty()
+        if self.received == 0:
+            raise ValueError("cannot separate an empty signal (no samples arrived)")
+        border = self.schedule.border
+        if self.padded is None:
+            self._start(padded=self.schedule.pad_edges and border > 0 and self.received > 2 * border)
+        self.finished = True
+        if self.padded:  # right reflect padding: the last `border` samples mirrored around the final one
+            signal_end = self.offset + self.received - self.pending_start
+            tail = self.pending[:, signal_end - border - 1:signal_end - 1][:, ::-1]
+            self.pending = np.concatenate([self.pending, tail], axis=1)
+        return self._run(end=self.received + 2 * self.offset)
+
+    def _start(self, padded: bool) -> None:
+        self.padded = padded
+        head, self.head = self.head, np.zeros((self.channels, 0), np.float32)
+        if padded:
+            left = head[:, 1:self.schedule.border + 1][:, ::-1]
+            self.pending = np.concatenate([left, head], axis=1)
+        else:
+            self.pending = head
+
+    def _run(self, end: int | None) -> np.ndarray:
+        """Every batch that can run now; ``end`` (the padded length) only when the input is complete."""
+        s = self.schedule
+        outputs = []
+        available = self.pending_start + self.pending.shape[1]
+        while True:
+            first = self.next_chunk
+            if end is None:
+                last = first + s.batch_size - 1
+                right_pad = s.border if self.padded else 0
+                # every sample of the batch has arrived, and more input (or padding) follows it,
+                # so this batch cannot be the one holding the last chunk
+                if last * s.step + s.chunk > available or (last + 1) * s.step >= available + right_pad:
+                    break
+                final = False
+            else:
+                count = -(-end // s.step)
+                if first >= count:
+                    break
+                last = min(first + s.batch_size, count) - 1
+                final = last == count - 1
+            outputs.append(self._process(first, last, final, end))
+            self.next_chunk = last + 1
+        if not outputs:
+            return self._empty()
+        return np.concatenate(outputs, axis=-1)
+
+    def _process(self, first: int, last: int, final: bool, end: int | None) -> np.ndarray:
+        s = self.schedule
+        total = end if end is not None else None
+        starts = [k * s.step for k in range(first, last + 1)]
+        lengths = [s.chunk if total is None else min(s.chunk, total - start) for start in starts]
+        parts = []
+        for start, length in zip(starts, lengths):
+            a = start - self.pending_start
+            part = torch.from_numpy(np.ascontiguousarray(self.pending[:, a:a + length])).to(self.device)
+            pad_mode = "reflect" if length > s.chunk // 2 else "constant"
+            parts.append(F.pad(part, (0, s.chunk - length), mode=pad_mode, value=0))
+        estimates = self.run_chunks(torch.stack(parts, dim=0))
+
+        window = self.base_window.clone()
+        if s.fade > 0:
+            if last == 0:
+                window[: s.fade] = 1
+            elif final:
+                window[-s.fade:] = 1
+        with torch.inference_mode():
+            for j, (start, length) in enumerate(zip(starts, lengths)):
+                o = start - self.buffer_start
+                self.result[..., o:o + length] += estimates[j, ..., :length] * window[..., :length]
+                self.counter[o:o + length] += window[..., :length]
+
+        final_until = total if final else (last + 1) * s.step
+        emit_from = max(self.offset, self.buffer_start)
+        emit_to = min(final_until, self.offset + self.received)
+        block = self._empty()
+        if emit_to > emit_from:
+            x, y = emit_from - self.buffer_start, emit_to - self.buffer_start
+            values = (self.result[..., x:y] / self.counter[x:y]).numpy()
+            np.nan_to_num(values, copy=False, nan=0.0)
+            block = np.ascontiguousarray(values)
+            if self.progress is not None:
+                self.progress(y - x)
+        done = final_until - self.buffer_start
+        keep = self.counter.shape[0] - done
+        self.result[..., :keep] = self.result[..., done:].clone()
+        self.result[..., keep:] = 0
+        self.counter[:keep] = self.counter[done:].clone()
+        self.counter[keep:] = 0
+        self.buffer_start = final_until
+        if end is None:
+            # input before the next chunk is no longer needed, except the last border + 1 samples,
+            # which the right reflect padding at the end mirrors
+            available = self.pending_start + self.pending.shape[1]
+            keep_from = min((last + 1) * s.step, available - s.border - 1)
+            drop = max(0, keep_from - self.pending_start)
+            self.pending = self.pending[:, drop:]
+            self.pending_start += drop
+        return block
+
+
+def stream_source(core: OverlapAdd, source, emit: Callable[[np.ndarray], None],
+                  block: int | None = None) -> None:
+    """Feed a block source (``frames``, ``channels``, ``read(start, stop)``) through ``core`` in
+    order, handing every output block to ``emit``."""
+    block = block or core.schedule.batch_size * core.schedule.step
+    for start in range(0, source.frames, block):
+        stop = min(start + block, source.frames)
+        data = source.read(start, stop)
+        if data.shape != (source.channels, stop - start):
+            raise ValueError(f"source returned a block shaped {tuple(data.shape)} for samples {start}:{stop}, "
+                             f"expected ({source.channels}, {stop - start})")
+        out = core.push(data)
+        if out.shape[-1]:
+            emit(out)
+    out = core.finish()
+    if out.shape[-1]:
+        emit(out)

@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
-    from bsmamba2_plugin.separate.stem_writer import AtomicAudioFile
-    from bsmamba2_plugin.separate.streaming import StreamingSeparator
-    from bsmamba2_plugin.separate.track import Separator
+    from bsmamba2_plugin.separate.cli import describe_separator
+    from bsmamba2_plugin.separate.separator import Separator
+    from bsmamba2_plugin.separate.stem_writer import StemFiles
 
     try:
         separator = Separator(args.config_path, args.start_check_point or None, device=args.device)
@@ -76,14 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         if stream_rate != rate:
             raise ValueError(f"the stream is at {stream_rate} Hz but the model runs at {rate} Hz; "
                              f"convert first (e.g. ffmpeg -ar {rate}) or use python -m bsmamba2_plugin.separate")
-        streamer = StreamingSeparator(separator.model, separator.config, channels, separator.device)
+        streamer = separator.stream(channels)
+        describe_separator(separator)
     except Exception as error:  # noqa: BLE001 - setup errors end the run with one clear line
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    out_channels = channels
-    files = {stem: AtomicAudioFile(Path(args.store_dir) / f"{name}_{stem}.wav", rate, out_channels, "FLOAT", "WAV")
-             for stem in separator.instruments}
+    files = StemFiles({stem: Path(args.store_dir) / f"{name}_{stem}.wav" for stem in separator.instruments},
+                      rate, channels, "FLOAT", "WAV")
     compute = 0.0
     try:
         for block in blocks:
@@ -91,16 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             out = streamer.push(block)
             compute += time.perf_counter() - started
             for k, stem in enumerate(separator.instruments):
-                files[stem].write(out[k])
+                files.write(stem, out[k])
         started = time.perf_counter()
         out = streamer.finish()
         compute += time.perf_counter() - started
         for k, stem in enumerate(separator.instruments):
-            files[stem].write(out[k])
-            files[stem].commit()
+            files.write(stem, out[k])
+        written = files.finish()
     except BaseException as error:
-        for audio in files.values():
-            audio.abort()
+        files.abort()
         if isinstance(error, Exception):
             print(f"error: {error}", file=sys.stderr)
             return 1
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(chunk_size {streamer.chunk}, step {streamer.step}) plus compute per chunk. "
           f"Real-time factor: {compute / seconds:.3f} (compute {compute:.2f} s for {seconds:.2f} s of audio, "
           f"device {separator.device}).", file=sys.stderr)
-    for path in (audio.path for audio in files.values()):
+    for path in written.values():
         print(path)
     return 0
 

@@ -1,7 +1,7 @@
 """Validation on MSST validation folders (`<valid_path>/<track>/mixture.wav` + `<instrument>.wav`).
 
-Separation is MSST's chunked overlap-add (`bsmamba2_plugin.separate.msst_demix`, inference
-section of the config); scores per track and instrument are uSDR (MSST's `sdr`), cSDR
+Separation is the package's one engine (`bsmamba2_plugin.separate.Separator`: MSST's chunked
+overlap-add and normalisation, inference section of the config); scores per track and instrument are uSDR (MSST's `sdr`), cSDR
 (museval v4) and the level the estimate leaks into the reference's silent regions
 (`bsmamba2_plugin.metrics`). Printed as MSST's valid.py does, and appended to a CSV.
 """
@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.evaluate.dataset import Track, find_tracks, read_audio
-from bsmamba2_plugin.evaluate.report import msst_table, write_atomically
+from bsmamba2_plugin.evaluate.track_folders import TrackFolder, find_tracks, read_audio
+from bsmamba2_plugin.atomic_file import write_bytes_atomically
+from bsmamba2_plugin.evaluate.report import msst_table
 from bsmamba2_plugin.evaluate.scoring import StemScore, StemSummary, score_stem, summarize
-from bsmamba2_plugin.separate import demix
+from bsmamba2_plugin.separate import Separator
 
 from .errors import TrainingDataError
 
@@ -47,7 +48,7 @@ class ValidationResult:
                 for s in self.summaries}
 
 
-def find_validation_tracks(valid_paths: list[str], instruments: list[str], sample_rate: int) -> list[Track]:
+def find_validation_tracks(valid_paths: list[str], instruments: list[str], sample_rate: int) -> list[TrackFolder]:
     """Every validation track, each checked to hold a mixture and every instrument at the config's rate."""
     try:
         tracks = find_tracks([Path(p) for p in valid_paths])
@@ -71,21 +72,13 @@ def find_validation_tracks(valid_paths: list[str], instruments: list[str], sampl
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, tracks: list[Track], config: Any, device: torch.device,
+def validate(model: torch.nn.Module, tracks: list[TrackFolder], config: Any, device: torch.device,
              silence_threshold_db: float = -60.0, progress: bool = True) -> ValidationResult:
-    model.eval()
-    rate = int(config.audio.get("sample_rate", 44100))
-    normalize = bool(config.get("inference", {}).get("normalize", False))
+    separator = Separator(config, model=model, device=device)  # puts the model in eval mode
     scores: list[StemScore] = []
     for track in tqdm(tracks, desc="valid", disable=not progress, leave=False):
-        mixture, _ = read_audio(track.mixture_path)
-        if normalize:  # MSST: per-track mean/std of the mono mix, undone on the estimates
-            mono = mixture.mean(axis=0)
-            mean, std = float(mono.mean()), float(mono.std()) or 1.0
-            estimates = {k: v * std + mean for k, v in demix(model, (mixture - mean) / std, config, device).items()}
-        else:
-            estimates = demix(model, mixture, config, device)
-        for instrument, estimate in estimates.items():
+        mixture, rate = read_audio(track.mixture_path)
+        for instrument, estimate in separator.separate(mixture, rate).items():
             reference, _ = read_audio(track.stem_path(instrument))
             scores.append(score_stem(track.name, instrument, reference, estimate, rate, silence_threshold_db))
     return ValidationResult(scores, summarize(scores))
@@ -112,7 +105,7 @@ def append_csv(results_path: Path, epoch: int, result: ValidationResult) -> Path
     for score in result.scores:
         writer.writerow({"epoch": epoch, **{k: (f"{v:.4f}" if isinstance(v, float) else v)
                                             for k, v in score.as_row().items()}})
-    write_atomically(path, buffer.getvalue().encode())
+    write_bytes_atomically(path, buffer.getvalue().encode())
     return path
 
 

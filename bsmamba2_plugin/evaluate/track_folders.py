@@ -10,7 +10,7 @@ import soundfile as sf
 
 
 @dataclass(frozen=True)
-class Track:
+class TrackFolder:
     name: str
     folder: Path
     extension: str
@@ -23,15 +23,15 @@ class Track:
         return self.folder / f"{stem}.{self.extension}"
 
 
-def find_tracks(valid_paths: list[Path], extension: str = "wav") -> list[Track]:
-    tracks: list[Track] = []
+def find_tracks(valid_paths: list[Path], extension: str = "wav") -> list[TrackFolder]:
+    tracks: list[TrackFolder] = []
     for root in valid_paths:
         if not root.is_dir():
             raise FileNotFoundError(f"evaluation folder {root} does not exist")
         found = sorted(p.parent for p in root.glob(f"*/mixture.{extension}"))
         if not found and (root / f"mixture.{extension}").is_file():
             found = [root]  # the path is itself one track
-        tracks.extend(Track(folder.name, folder, extension) for folder in found)
+        tracks.extend(TrackFolder(folder.name, folder, extension) for folder in found)
     if not tracks:
         raise FileNotFoundError(
             f"no <track>/mixture.{extension} under {', '.join(map(str, valid_paths))} "
