@@ -18,7 +18,7 @@ from bsmamba2_plugin.app.jobs import OUTPUT_FORMATS, separate_uploads, status_ma
 from bsmamba2_plugin.app.models import (
     HOW_TO_GET_A_CHECKPOINT,
     RANDOM_WEIGHTS,
-    check_engine_supports,
+    SeparatorCache,
     engine_options,
     find_model_choices,
 )
@@ -128,15 +128,24 @@ def test_model_choices_from_the_command_line(tmp_path):
 def test_engine_options_pass_only_what_differs_from_the_defaults():
     assert engine_options("auto", False, None) == ({}, {})
     assert engine_options("bf16", True, 4) == ({"precision": "bf16"}, {"use_tta": True, "num_overlap": 4})
-    check_engine_supports({}, {})
-    import inspect
 
-    has_tta = "use_tta" in inspect.signature(Separator.separate_file).parameters
-    if has_tta:
-        check_engine_supports({}, {"use_tta": True})
-    else:
-        with pytest.raises(ValueError, match=r"Separator.separate_file\(use_tta=...\)"):
-            check_engine_supports({}, {"use_tta": True})
+
+def test_tta_overlap_and_precision_reach_the_separator(tmp_path):
+    config, checkpoint = app_server.write_tiny_model(tmp_path)
+    clip = app_server.write_clip(tmp_path / "clip.wav", seconds=1.0)
+    constructor, per_call = engine_options("fp32", True, 4)
+    separator = SeparatorCache().get(config, checkpoint, "cpu", constructor)
+    assert separator.precision.name == "fp32"
+    expected = Separator(config, checkpoint, device="cpu", precision="fp32").separate_file(
+        clip, tmp_path / "expected", filename_template="{instr}", use_tta=True, num_overlap=4)
+    plain = Separator(config, checkpoint, device="cpu").separate_file(clip, tmp_path / "plain",
+                                                                      filename_template="{instr}")
+    workspace = Workspace(tmp_path / "work", keep_seconds=60)
+    [result] = separate_uploads(separator, [(clip, "clip.wav")], workspace.new_request(), workspace,
+                                stems=["vocals"], per_call=per_call)
+    got = sf.read(result.stems["vocals"], dtype="float32")[0]
+    np.testing.assert_array_equal(got, sf.read(expected["vocals"], dtype="float32")[0])
+    assert not np.array_equal(got, sf.read(plain["vocals"], dtype="float32")[0])  # the options changed something
 
 
 def test_levels_block_by_block_equal_the_metrics_on_whole_signals(tmp_path, monkeypatch):

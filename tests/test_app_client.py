@@ -24,9 +24,10 @@ TINY_CKPT = "tiny.ckpt (command line)"
 ALL_STEMS = ["vocals", "other", "instrumental"]
 
 
-def arguments(config=TINY, checkpoint=TINY_CKPT, stems=ALL_STEMS, output_format="WAV, 32-bit float"):
+def arguments(config=TINY, checkpoint=TINY_CKPT, stems=ALL_STEMS, output_format="WAV, 32-bit float", tta=False,
+              overlap=0, precision="auto"):
     # files, config, checkpoint, stems, TTA, overlap (0: config), precision, device, output format, downmix
-    return [config, checkpoint, stems, False, 0, "auto", "cpu", output_format, False]
+    return [config, checkpoint, stems, tta, overlap, precision, "cpu", output_format, False]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,19 @@ def test_round_trip_gives_the_separators_stems_and_a_zip(app, tmp_path):
     owners = {request: {p.name for p in request.rglob("*.wav")} for request in requests}
     assert not any("song_vocals.wav" in names and "other_vocals.wav" in names for names in owners.values())
 
+
+def test_tta_overlap_and_precision_from_the_api(app, tmp_path):
+    from bsmamba2_plugin.separate import Separator
+
+    clip = app_server.write_clip(tmp_path / "tta.wav", seconds=1.5)
+    expected = Separator(app.config, app.checkpoint, device="cpu", precision="fp32").separate_file(
+        clip, tmp_path / "expected", filename_template="{instr}", use_tta=True, num_overlap=4)
+    status, _, every = client(app, tmp_path, "tta").predict(
+        [gradio_client.handle_file(str(clip))], *arguments(stems=["vocals"], tta=True, overlap=4, precision="fp32"),
+        api_name="/separate")
+    assert "precision fp32, TTA, overlap 4." in status
+    np.testing.assert_array_equal(sf.read(every[0], dtype="float32")[0],
+                                  sf.read(expected["vocals"], dtype="float32")[0])
 
 def test_progress_moves_with_the_work(app, tmp_path):
     clip = app_server.write_clip(tmp_path / "long.wav", seconds=12.0)

@@ -15,8 +15,11 @@ import numpy as np
 
 from bsmamba2_plugin.metrics import LEAKAGE_FLOOR_DB, silent_fraction, silent_leakage
 from bsmamba2_plugin.separate.audio_input import open_audio
+from bsmamba2_plugin.separate.spectrogram import N_FFT, TOP_DB
 
-SPECTROGRAM_FFT = 2048
+# The engine's draw_spectro draws the first seconds of a track from memory; the page shows the whole
+# track, so it averages frames into columns while reading (same FFT size and dB range).
+SPECTROGRAM_FFT = N_FFT
 SPECTROGRAM_COLUMNS = 600
 READ_BLOCK = 1 << 18  # samples per read
 FLOOR_DB = -120.0
@@ -89,7 +92,7 @@ def spectrogram_png(named_paths: list[tuple[str, Path]], target: Path, workdir: 
     for axis, (title, path) in zip(axes[:, 0], named_paths):
         power_db, seconds, rate = spectrogram_columns(path, workdir)
         top = float(np.max(power_db))
-        image = axis.imshow(power_db, origin="lower", aspect="auto", cmap="magma", vmin=top - 90, vmax=top,
+        image = axis.imshow(power_db, origin="lower", aspect="auto", cmap="magma", vmin=top - TOP_DB, vmax=top,
                             extent=(0.0, seconds, 0.0, rate / 2000.0), interpolation="nearest")
         axis.set_title(title, fontsize=10, loc="left")
         axis.set_ylabel("kHz")

@@ -6,7 +6,6 @@ given on the command line come first. Users pick among these only: a page never 
 """
 from __future__ import annotations
 
-import inspect
 import re
 import threading
 from dataclasses import dataclass
@@ -85,8 +84,7 @@ def find_model_choices(config_path: str | None = None, checkpoint: str | None = 
 def engine_options(precision: str, use_tta: bool, num_overlap: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(Separator keywords, separate_file keywords) for the options that differ from the defaults.
 
-    Defaults are left out, so an engine without these options still serves every default request;
-    a request for one it lacks is refused by ``check_engine_supports`` with a message.
+    Defaults are left out, so the config's own ``inference`` values (and the engine's) apply.
     """
     constructor = {} if precision == "auto" else {"precision": precision}
     per_call: dict[str, Any] = {}
@@ -95,20 +93,6 @@ def engine_options(precision: str, use_tta: bool, num_overlap: int | None) -> tu
     if num_overlap is not None:
         per_call["num_overlap"] = int(num_overlap)
     return constructor, per_call
-
-
-def check_engine_supports(constructor: dict[str, Any], per_call: dict[str, Any]) -> None:
-    from bsmamba2_plugin.separate import Separator
-
-    missing = [f"Separator({name}=...)" for name in constructor
-               if name not in inspect.signature(Separator.__init__).parameters]
-    missing += [f"Separator.separate_file({name}=...)" for name in per_call
-                if name not in inspect.signature(Separator.separate_file).parameters]
-    if missing:
-        raise ValueError(
-            "this installation's separation engine has no " + ", ".join(missing)
-            + "; leave TTA off, overlap at the config's value and precision at auto, or update bsmamba2-plugin"
-        )
 
 
 class SeparatorCache:

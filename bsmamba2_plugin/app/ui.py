@@ -22,11 +22,11 @@ from bsmamba2_plugin.app.jobs import (
 from bsmamba2_plugin.app.models import (
     ModelChoices,
     SeparatorCache,
-    check_engine_supports,
     device_choices,
     engine_options,
 )
 from bsmamba2_plugin.app.workspace import Workspace
+from bsmamba2_plugin.settings import PRECISIONS
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress messages to the page
 
@@ -73,8 +73,8 @@ def build_app(choices: ModelChoices, workspace: Workspace, default_device: str =
             constructor, per_call = engine_options(precision, bool(use_tta), int(overlap) or None)
             progress(0.0, desc="loading the model")
             try:
-                check_engine_supports(constructor, per_call)
                 separator = cache.get(choices.configs[config_label], checkpoint, device, constructor)
+                separator.settings.with_options(**per_call)  # e.g. an overlap the chunk size cannot take
             except Exception as error:  # noqa: BLE001 - shown in the page; the app keeps serving
                 return f"**Model error**: {error}", None, [], []
             last = [0.0]
@@ -99,6 +99,10 @@ def build_app(choices: ModelChoices, workspace: Workspace, default_device: str =
                 )
             except ValueError as error:  # stems the model does not offer
                 return f"**Error**: {error}", None, [], []
+            used = (f"Model: {config_label}, {checkpoint_label}; device {separator.device}, precision "
+                    f"{separator.precision.name}" + (", TTA" if use_tta else "")
+                    + (f", overlap {int(overlap)}" if int(overlap) else ", the config's overlap") + ".")
+            notice = f"{notice}\n\n{used}" if notice else used
             archive = zip_stems(results, folder)
             every = [str(p) for r in results for p in r.stems.values()]
             return (status_markdown(results, notice), str(archive) if archive else None,
@@ -128,7 +132,7 @@ def build_app(choices: ModelChoices, workspace: Workspace, default_device: str =
                                       elem_id="tta")
                 overlap = gr.Slider(0, 8, value=0, step=1, label="Overlap (num_overlap; 0 = the config's value)",
                                     elem_id="overlap")
-                precision = gr.Dropdown(["auto", "fp32", "bf16"], value="auto", label="Precision",
+                precision = gr.Dropdown(list(PRECISIONS), value="auto", label="Precision",
                                         elem_id="precision")
             with gr.Row():
                 device = gr.Dropdown(devices, value=default_device, label="Device", elem_id="device")
