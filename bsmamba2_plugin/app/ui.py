@@ -167,7 +167,8 @@ def build_app(choices: ModelChoices, workspace: Workspace, default_device: str =
                 with gr.Row():
                     gr.Image(r["spectrogram"], label="spectrograms", show_label=False, type="filepath", interactive=False,
                              elem_id=f"spectrogram-{number}", scale=3)
-                    gr.Markdown(r["levels"], elem_id=f"levels-{number}")
+                    with gr.Column(scale=2):
+                        gr.Markdown(r["levels"], elem_id=f"levels-{number}")
 
     return app
 
