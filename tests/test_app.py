@@ -5,7 +5,6 @@ import math
 import os
 import time
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -165,8 +165,8 @@ def build_app(choices: ModelChoices, workspace: Workspace, default_device: str =
                                  elem_id=f"player-{number}-{stem}", scale=3)
                         gr.File(path, label=f"{stem} download", elem_id=f"download-{number}-{stem}", scale=1)
                 with gr.Row():
-                    gr.Image(r["spectrogram"], label="spectrograms", show_label=False, type="filepath", interactive=False,
-                             elem_id=f"spectrogram-{number}", scale=3)
+                    gr.Image(r["spectrogram"], label="spectrograms", show_label=False, type="filepath",
+                             interactive=False, elem_id=f"spectrogram-{number}", scale=3)
                     with gr.Column(scale=2):
                         gr.Markdown(r["levels"], elem_id=f"levels-{number}")
 
