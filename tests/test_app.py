@@ -93,6 +93,20 @@ def test_sweep_removes_old_requests_and_uploads_only(tmp_path):
         Workspace(tmp_path, keep_seconds=0)
 
 
+def test_the_sweeper_thread_removes_finished_requests_after_the_keep_time(tmp_path):
+    workspace = Workspace(tmp_path, keep_seconds=0.3)
+    done, running = workspace.new_request(), workspace.new_request()
+    workspace.finish(done)
+    workspace.start_sweeping(interval=0.05)
+    try:
+        deadline = time.time() + 10
+        while done.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert not done.exists() and running.is_dir()  # a running request is never removed
+    finally:
+        workspace.stop()
+
+
 def test_model_choices_without_arguments(tmp_path):
     choices = find_model_choices(demo_results=tmp_path / "results" / "bsmamba2_demo")
     assert [label.split(" ")[0] for label in choices.configs] == [

@@ -27,9 +27,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (tests/install.sh installs them as root)")
+    reason="needs Debian's chromium and chromium-driver (tests/install.sh installs them as root)")]
 STEMS = ["vocals", "other", "instrumental"]
 
 

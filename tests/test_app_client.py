@@ -22,6 +22,7 @@ httpx = pytest.importorskip("httpx")
 TINY = "tiny.yaml (command line)"
 TINY_CKPT = "tiny.ckpt (command line)"
 ALL_STEMS = ["vocals", "other", "instrumental"]
+pytestmark = pytest.mark.slow  # one app process for the module: about 30 s on 2 cores
 
 
 def arguments(config=TINY, checkpoint=TINY_CKPT, stems=ALL_STEMS, output_format="WAV, 32-bit float", tta=False,

@@ -5,6 +5,7 @@ import argparse
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         work_dir = Path(tempfile.mkdtemp(prefix="bsmamba2-app-")).resolve()
         atexit.register(shutil.rmtree, work_dir, True)
+        # SIGTERM (service managers, `kill`) ends the process through sys.exit, so the folder goes too
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     # Before Gradio starts: its uploads and served files live in the app's working folder.
     os.environ["GRADIO_TEMP_DIR"] = str(work_dir)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
