@@ -90,6 +90,23 @@ def test_tta_overlap_and_precision_from_the_api(app, tmp_path):
     np.testing.assert_array_equal(sf.read(every[0], dtype="float32")[0],
                                   sf.read(expected["vocals"], dtype="float32")[0])
 
+def test_two_users_at_once_queue_and_both_get_their_own_result(app, tmp_path):
+    wav = app_server.write_clip(tmp_path / "first.wav", seconds=4.0, seed=5)
+    flac = tmp_path / "second.flac"
+    data, rate = sf.read(app_server.write_clip(tmp_path / "second.wav", seconds=3.0, rate=22050, seed=6))
+    sf.write(flac, data, rate, subtype="PCM_24")
+    jobs = [client(app, tmp_path, "one").submit([gradio_client.handle_file(str(wav))], *arguments(stems=["vocals"]),
+                                                api_name="/separate"),
+            client(app, tmp_path, "two").submit([gradio_client.handle_file(str(flac))],
+                                                *arguments(stems=["vocals"], output_format="FLAC, 16-bit"),
+                                                api_name="/separate")]
+    (status1, _, every1), (status2, _, every2) = [job.result(timeout=120) for job in jobs]
+    assert "**first.wav**: separated" in status1 and "**second.flac**: separated" in status2
+    assert Path(every1[0]).name == "first_vocals.wav" and Path(every2[0]).name == "second_vocals.flac"
+    info = sf.info(every2[0])
+    assert (info.format, info.subtype, info.samplerate, info.frames) == ("FLAC", "PCM_16", 22050, len(data))
+
+
 def test_progress_moves_with_the_work(app, tmp_path):
     clip = app_server.write_clip(tmp_path / "long.wav", seconds=12.0)
     job = client(app, tmp_path, "progress").submit([gradio_client.handle_file(str(clip))], *arguments(),
