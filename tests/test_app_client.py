@@ -148,6 +148,7 @@ def test_only_its_own_outputs_are_served(app, tmp_path):
                      str(output.parent / ".." / ".." / ".." / ".." / app.checkpoint.name), str(app.log_path),
                      "tiny.ckpt", "../tiny.ckpt", str(Path(app_server.__file__).resolve())]:
             assert http.get(base + path).status_code in (403, 404), path
+        assert http.get(f"{app.url}monitoring").status_code in (403, 404)  # no dashboard of all traffic
 
 
 def test_uploaded_names_do_not_decide_paths(app, tmp_path):

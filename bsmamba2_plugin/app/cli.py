@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before Gradio starts: its uploads and served files live in the app's working folder.
     os.environ["GRADIO_TEMP_DIR"] = str(work_dir)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.pop("GRADIO_VIBE_MODE", None)  # a page that edits the app's code has no place on a shared tool
     try:
         import gradio  # noqa: F401
     except ImportError:

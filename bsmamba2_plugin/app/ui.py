@@ -176,5 +176,8 @@ def build_app(choices: ModelChoices, workspace: Workspace, default_device: str =
 def launch(app: gr.Blocks, host: str, port: int, share: bool, concurrency: int, max_file_size: str | None) -> None:
     """Serve until interrupted; requests beyond ``concurrency`` wait in Gradio's queue."""
     app.queue(default_concurrency_limit=concurrency)
+    # No traffic dashboard (it spans every user), no run history kept in browsers, nothing served
+    # beyond the working folder.
     app.launch(server_name=host, server_port=port, share=share, max_file_size=max_file_size,
-               allowed_paths=[], ssr_mode=False, footer_links=["api"])
+               allowed_paths=[], ssr_mode=False, footer_links=["api"], enable_monitoring=False,
+               run_history=False)
