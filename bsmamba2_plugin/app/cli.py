@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1,
                    help="requests separated at the same time; others wait in the queue (default 1)")
     p.add_argument("--max_file_size", default="4gb", help="largest upload, e.g. 500mb or 4gb (default 4gb)")
-    p.add_argument("--demo_results", default="results/bsmamba2_demo",
+    p.add_argument("--demo_results", default=None,
                    help="where to look for the main command's checkpoints (default results/bsmamba2_demo)")
     return p
 
@@ -64,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {MISSING_EXTRA}", file=sys.stderr)
         return 2
 
-    from bsmamba2_plugin.app.models import find_model_choices
+    from bsmamba2_plugin.app.models import DEMO_RESULTS, find_model_choices
     from bsmamba2_plugin.app.ui import build_app, launch
     from bsmamba2_plugin.app.workspace import Workspace
 
     try:
-        choices = find_model_choices(args.config_path, args.start_check_point, Path(args.demo_results))
+        choices = find_model_choices(args.config_path, args.start_check_point,
+                                     Path(args.demo_results) if args.demo_results else DEMO_RESULTS)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from bsmamba2_plugin.shipped_configs import shipped_config
+# what `python -m bsmamba2_plugin.train` trains with no arguments, and where
+from bsmamba2_plugin.train.cli import DEMO_CONFIG_NAME as DEMO_CONFIG
+from bsmamba2_plugin.train.cli import DEMO_RESULTS
 
 SHIPPED_CONFIGS = ("bsmamba2_vocals_small.yaml", "bsmamba2_vocals_paper.yaml", "bsmamba2_4stems.yaml")
-DEMO_CONFIG = "bsmamba2_vocals_small.yaml"  # what `python -m bsmamba2_plugin.train` trains (train/cli.py)
-DEMO_RESULTS = Path("results") / "bsmamba2_demo"
 RANDOM_WEIGHTS = "random weights (no checkpoint)"
 HOW_TO_GET_A_CHECKPOINT = (
     "No trained checkpoint found in {folder}. Run `python -m bsmamba2_plugin.train` in this folder "
