@@ -29,3 +29,15 @@ if ! command -v ffprobe >/dev/null; then
         exit 1
     fi
 fi
+
+# The web app's tests: gradio (the [app] extra), selenium, and a real headless browser from Debian
+# (chromium + chromium-driver; nothing is downloaded by selenium itself).
+pip -c /tmp/bsmamba2-constraints.txt "gradio>=6" "gradio_client>=2" "selenium>=4.10"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver fonts-liberation >/dev/null
+    else
+        echo "tests/install.sh: the browser test needs chromium and chromium-driver (sudo apt-get install chromium chromium-driver)" >&2
+    fi
+fi
