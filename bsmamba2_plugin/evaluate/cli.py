@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MSST's test-time augmentation (plain, channel-swapped, polarity-inverted passes "
                              "averaged), to measure what it buys")
     parser.add_argument("--bigshifts", type=int, default=1, help="MSST's bigshifts: N circularly shifted passes")
+    parser.add_argument("--weights", choices=["auto", "raw", "ema"], default="auto",
+                        help="for a checkpoint holding both: the trained (raw) or the EMA weights "
+                             "(default auto: what the checkpoint's own tools load)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                         help="auto: bf16 where the device multiplies it natively, else fp32 "
                              "(default: inference.precision in the YAML, else auto)")
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             from bsmamba2_plugin.separate.cli import describe_separator
 
             separator = Separator(args.config_path, args.start_check_point or None, device=args.device,
-                                  precision=args.precision, use_tta=args.use_tta, bigshifts=args.bigshifts)
+                                  precision=args.precision, use_tta=args.use_tta, bigshifts=args.bigshifts,
+                                  weights=args.weights)
             describe_separator(separator)
     except Exception as error:  # noqa: BLE001 - setup errors end the run with one clear line
         print(f"error: {error}", file=sys.stderr)

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "k*length/N samples (N times the time; default 1: off)")
     parser.add_argument("--draw_spectro", type=float, default=0,
                         help="write a spectrogram picture <stem>.jpg of the first SECONDS of each stem")
+    parser.add_argument("--weights", choices=["auto", "raw", "ema"], default="auto",
+                        help="for a checkpoint holding both: the trained (raw) or the EMA weights "
+                             "(default auto: what the checkpoint's own tools load)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                         help="auto: bf16 where the device multiplies it natively, else fp32 "
                              "(default: inference.precision in the YAML, else auto)")
@@ -64,7 +67,7 @@ def describe_separator(separator, files: int | None = None) -> None:
     """The start-up lines every separating command prints: weights, device, precision, passes."""
     weights = getattr(separator.model, "loaded_weights", None)
     if weights is not None:
-        print(f"Weights: {weights}", file=sys.stderr)
+        print(weights, file=sys.stderr)  # "weights: <file> (<layout>; raw or EMA), <N> parameters"
     settings = separator.settings
     passes = []
     if settings.use_tta:
@@ -101,10 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         output_format.subtype  # noqa: B018 - validates the format before the model loads
         inputs = list_inputs(Path(args.input_folder))
-        if not args.start_check_point:
-            print("warning: no --start_check_point given: the model has random weights", file=sys.stderr)
         separator = Separator(args.config_path, args.start_check_point or None, device=device,
-                              precision=args.precision, use_tta=args.use_tta, bigshifts=args.bigshifts)
+                              precision=args.precision, use_tta=args.use_tta, bigshifts=args.bigshifts,
+                              weights=args.weights)
     except Exception as error:  # noqa: BLE001 - setup errors end the run with one clear line
         print(f"error: {error}", file=sys.stderr)
         return 2

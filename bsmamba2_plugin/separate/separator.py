@@ -83,9 +83,11 @@ class Separator:
     """A loaded BSMamba2 model and its MSST config, ready for many files or arrays.
 
     ``Separator("config.yaml", "model.ckpt", device="auto")`` or ``Separator(config, model=model)``.
-    ``precision``, ``use_tta``, ``bigshifts``, ``num_overlap`` and ``batch_size`` set this
-    separator's defaults (None: as the config says); ``separate``/``separate_file`` take the last
-    four per call too.
+    ``config`` may be an MSST YAML, an official run's hparams.yaml or its run folder (then its
+    weights/*.ckpt is the checkpoint). ``precision``, ``use_tta``, ``bigshifts``, ``num_overlap``
+    and ``batch_size`` set this separator's defaults (None: as the config says);
+    ``separate``/``separate_file`` take the last four per call too. ``weights``: auto, raw or ema
+    (for checkpoints holding both).
     """
 
     def __init__(
@@ -100,12 +102,21 @@ class Separator:
         bigshifts: int | None = None,
         num_overlap: int | None = None,
         batch_size: int | None = None,
+        weights: str = "auto",
     ):
-        from bsmamba2_plugin.checkpoint import load_model
+        from bsmamba2_plugin.checkpoint import find_run_checkpoint, load_model
         from bsmamba2_plugin.config import load_config
+        from bsmamba2_plugin.config_keys import warn_unused_keys
         from bsmamba2_plugin.precision import resolve_precision
 
-        self.config = load_config(config) if isinstance(config, (str, os.PathLike)) else config
+        if isinstance(config, (str, os.PathLike)):
+            if Path(config).is_dir() and checkpoint is None and model is None:
+                checkpoint = find_run_checkpoint(config)  # an official run folder: its weights/*.ckpt
+            self.config = load_config(config)
+            # a config object's owner (the trainer, a script) reads it and answers for its keys
+            warn_unused_keys(self.config, str(config))
+        else:
+            self.config = config
         self.device = resolve_device(device)
         self.settings = InferenceSettings.from_config(
             self.config, precision=precision, use_tta=use_tta, bigshifts=bigshifts, num_overlap=num_overlap,
@@ -113,7 +124,7 @@ class Separator:
         self.precision = resolve_precision(self.settings.precision, self.device, self.settings.use_amp)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         if model is None:
-            model = load_model(self.config, checkpoint, device="cpu")
+            model = load_model(self.config, checkpoint, device="cpu", weights=weights)
         elif checkpoint is not None:
             raise ValueError("pass either model= or checkpoint, not both")
         self.model = model.to(self.device).eval()

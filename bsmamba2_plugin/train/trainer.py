@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from bsmamba2_plugin.checkpoint import load_weights, read_state_dict, unwrap_state_dict
-from bsmamba2_plugin.config import load_config
+from bsmamba2_plugin.config import load_config, resolve_model_type
 from bsmamba2_plugin.config_keys import warn_unused_keys
 from bsmamba2_plugin.evaluate.scoring import ALWAYS, average
 from bsmamba2_plugin.metrics import METRIC_DIRECTIONS
@@ -107,12 +107,10 @@ class Trainer:
         if self.dist.is_main:
             warn_unused_keys(self.config, str(args.config_path))
         training = required(self.config, "", "training")
-        model_type = training.get("model_type", args.model_type or MODEL_TYPE)
-        if model_type != MODEL_TYPE:
-            raise TrainingConfigError(
-                f"training.model_type / --model_type is {model_type!r}; bsmamba2_plugin.train trains only "
-                f"{MODEL_TYPE!r} (use MSST's train.py for other models)"
-            )
+        try:
+            resolve_model_type(self.config, args.model_type, origin=str(args.config_path))
+        except ValueError as error:
+            raise TrainingConfigError(str(error)) from error
         for key in ("instruments", "batch_size", "num_steps", "num_epochs", "lr"):
             required(training, "training", key)
         self.chunk_size = int(required(self.config.audio, "audio", "chunk_size"))
