@@ -196,19 +196,22 @@ def _mix_and_project(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
                  inplace=scratch)
     x, B, C = xBC.split([m.d_inner, g * n, g * n], dim=-1)
 
-    with torch.autocast(device_type=zxbcdt.device.type, enabled=False):  # the scan stays in fp32
+    # The scan and its states stay in fp32. Under bf16 autocast x and z stay bf16 where they are
+    # read: bf16 -> fp32 is exact, and the mixed-dtype products below give fp32 without a cast
+    # copy of the (tokens x d_inner) activations each.
+    with torch.autocast(device_type=zxbcdt.device.type, enabled=False):
         dt = F.softplus(fp32_or_wider(dt) + fp32_or_wider(stacked(mixers, "dt_bias"))[:, None, None])  # (k b l h)
         A = -torch.exp(fp32_or_wider(stacked(mixers, "A_log")))[:, None, None]  # (k 1 1 h)
-        x = fp32_or_wider(x).reshape(k * b, l, h, p)
+        x = x.reshape(k * b, l, h, p)
         y = ssd_chunked(
-            x * dt.reshape(k * b, l, h, 1), (dt * A).reshape(k * b, l, h),
+            fp32_or_wider(x * dt.reshape(k * b, l, h, 1)), (dt * A).reshape(k * b, l, h),
             fp32_or_wider(B).reshape(k * b, l, g, n), fp32_or_wider(C).reshape(k * b, l, g, n),
             chunk_size=m.torch_chunk_size,
         ).reshape(k, b, l, h, p)
         D = fp32_or_wider(stacked(mixers, "D"))[:, None, None, :, None]  # (k 1 1 h 1)
         y = y.addcmul_(x.view(k, b, l, h, p), D).reshape(k, b, l, m.d_inner)
-        gated = F.silu(fp32_or_wider(z))
-        gated = gated.mul_(y) if scratch else gated * y
+        gate = F.silu(z)
+        gated = y.mul_(gate) if scratch else y * gate  # fp32
 
     w_out = stacked(mixers, "out_proj.weight")  # (k d_model d_inner)
     if g > 1:
