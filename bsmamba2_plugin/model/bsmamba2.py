@@ -245,34 +245,78 @@ class BSMamba2(nn.Module):
         return torch.stack([estimator(features) for estimator in self.mask_estimators], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (b, channels, samples) -> (b, num_stems, channels, samples)."""
+        """x: (b, channels, samples) -> (b, num_stems, channels, samples): the paper's three steps."""
+        x = self.check_audio(x)
+        stft, padded = self.mixture_stft(x)  # 1. STFT -> band input
+        masks = self.estimate_masks(self.band_input(stft))  # 2. the network
+        return self.inverse_stft(self.apply_masks(masks, stft), padded, x.shape[-1])  # 3. masks x mixture -> iSTFT
+
+    def check_audio(self, x: Tensor) -> Tensor:
+        """(b, channels, samples), (b, samples) for a mono model; a clear error otherwise."""
         if x.dim() == 2 and self.audio_channels == 1:  # (b, t) mono, as MSST allows
             x = x.unsqueeze(1)
         if x.dim() != 3 or x.shape[1] != self.audio_channels:
             raise ValueError(
                 f"expected audio of shape (batch, {self.audio_channels} channel(s), samples), got {tuple(x.shape)}"
             )
-        b, c, length = x.shape
-        if length == 0:
+        if x.shape[2] == 0:
             raise ValueError("expected at least one sample of audio, got 0")
-        # torch.stft's reflect padding needs more than n_fft // 2 samples: pad short input with zeros.
-        padded = max(length, self.stft_kwargs["n_fft"] // 2 + 1)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            audio = F.pad(fp32_or_wider(x), (0, padded - length))
-            stft = torch.stft(audio.reshape(b * c, padded), window=self.stft_window, return_complex=True,
-                              **self.stft_kwargs)
-            stft = torch.view_as_real(stft).unflatten(0, (b, c))  # (b c f n 2)
-            frames = stft.shape[3]
-            stft = stft.permute(0, 2, 1, 3, 4).reshape(b, -1, frames, 2)  # (b (f c) n 2): freq outermost
+        return x
 
-        masks = self.estimate_masks(stft.permute(0, 2, 1, 3).reshape(b, frames, -1))  # (b s n (f c 2))
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            masks = torch.view_as_complex(fp32_or_wider(masks).unflatten(-1, (-1, 2)).transpose(2, 3).contiguous())
-            separated = torch.view_as_complex(stft).unsqueeze(1) * masks  # (b s (f c) n)
-            separated = separated.unflatten(2, (-1, c)).transpose(2, 3)  # (b s c f n)
-            audio_out = torch.istft(separated.reshape(-1, *separated.shape[-2:]), window=self.stft_window,
-                                    length=padded, **self.stft_kwargs)
-        return audio_out.reshape(b, self.num_stems, c, padded)[..., :length]
+    def stft_frames(self, samples: int) -> int:
+        """STFT frames of `samples` samples (center=True, after the short-input padding)."""
+        return stft_padded_length(self.stft_kwargs, samples) // self.stft_kwargs["hop_length"] + 1
+
+    def mixture_stft(self, x: Tensor) -> tuple[Tensor, int]:
+        """(b, c, t) -> (the mixture STFT (b, c, f, n, 2) in fp32, re/im last; the padded length)."""
+        return mixture_stft(x, self.stft_kwargs, self.stft_window)
+
+    @staticmethod
+    def band_input(stft: Tensor) -> Tensor:
+        """(b, c, f, n, 2) -> (b, n, (f c 2)): frequency outermost, then channel, then re/im."""
+        b, c, f, frames, _ = stft.shape
+        return stft.permute(0, 3, 2, 1, 4).reshape(b, frames, f * c * 2)
+
+    def apply_masks(self, masks: Tensor, stft: Tensor) -> Tensor:
+        """Complex masks (b, s, n, (f c 2)) times the mixture STFT (b, c, f, n, 2) -> (b, s, c, f, n, 2), fp32.
+
+        The complex product in real arithmetic, so the ONNX graph (no complex tensors) shares it."""
+        b, c, f, frames, _ = stft.shape
+        with torch.autocast(device_type=stft.device.type, enabled=False):
+            masks = fp32_or_wider(masks).reshape(b, self.num_stems, frames, f, c, 2).permute(0, 1, 4, 3, 2, 5)
+            mix_re, mix_im = stft.unsqueeze(1).unbind(-1)  # (b 1 c f n)
+            mask_re, mask_im = masks.unbind(-1)  # (b s c f n)
+            return torch.stack([mix_re * mask_re - mix_im * mask_im, mix_re * mask_im + mix_im * mask_re], dim=-1)
+
+    def inverse_stft(self, separated: Tensor, padded: int, length: int) -> Tensor:
+        """(b, s, c, f, n, 2) -> (b, s, c, length), fp32."""
+        return inverse_stft(separated, self.stft_kwargs, self.stft_window, padded, length)
+
+
+def stft_padded_length(stft_kwargs: Mapping[str, Any], samples: int) -> int:
+    """torch.stft's reflect padding needs more than n_fft // 2 samples: short input is zero-padded."""
+    return max(samples, stft_kwargs["n_fft"] // 2 + 1)
+
+
+def mixture_stft(x: Tensor, stft_kwargs: Mapping[str, Any], window: Tensor) -> tuple[Tensor, int]:
+    """The model's STFT (also run outside the ONNX graph): (b, c, t) -> ((b, c, f, n, 2) fp32, padded length)."""
+    b, c, length = x.shape
+    padded = stft_padded_length(stft_kwargs, length)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        audio = F.pad(fp32_or_wider(x), (0, padded - length))
+        stft = torch.stft(audio.reshape(b * c, padded), window=window.to(audio.device, audio.dtype),
+                          return_complex=True, **stft_kwargs)
+        return torch.view_as_real(stft).unflatten(0, (b, c)), padded
+
+
+def inverse_stft(separated: Tensor, stft_kwargs: Mapping[str, Any], window: Tensor, padded: int,
+                 length: int) -> Tensor:
+    """The model's iSTFT (also run outside the ONNX graph): (b, s, c, f, n, 2) -> (b, s, c, length)."""
+    b, s, c, f, frames, _ = separated.shape
+    with torch.autocast(device_type=separated.device.type, enabled=False):
+        spec = torch.view_as_complex(fp32_or_wider(separated).contiguous()).reshape(b * s * c, f, frames)
+        audio = torch.istft(spec, window=window.to(spec.device, spec.real.dtype), length=padded, **stft_kwargs)
+    return audio.reshape(b, s, c, padded)[..., :length]
 
 
 MODEL_KEYS = frozenset(
