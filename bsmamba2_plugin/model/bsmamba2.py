@@ -51,6 +51,27 @@ class BandRMSNorm(nn.Module):
         return F.normalize(x, dim=-1) * self.scale * self.gamma
 
 
+def runs_of_equal_width(widths: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(first band, band count, width) of each run of consecutive bands of one width: the bands of
+    a run go through one batched product (the paper's 62 bands are 7 runs), a smaller graph and
+    fewer, larger kernels than one product per band."""
+    runs: list[tuple[int, int, int]] = []
+    for index, width in enumerate(widths):
+        if runs and runs[-1][2] == width:
+            first, count, _ = runs[-1]
+            runs[-1] = (first, count + 1, width)
+        else:
+            runs.append((index, 1, width))
+    return runs
+
+
+def per_band_linear(x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
+    """x: (r, tokens, d_in), band i through linears[i] -> (r, tokens, d_out), as one batched product."""
+    weight = torch.stack([linear.weight for linear in linears]).transpose(1, 2)  # (r d_in d_out)
+    bias = torch.stack([linear.bias for linear in linears])[:, None]  # (r 1 d_out)
+    return torch.baddbmm(bias, x, weight)
+
+
 class BandSplit(nn.Module):
     """(b, n, sum(dim_inputs)) -> (b, n, k, dim): each band normalised and projected."""
 
@@ -58,10 +79,21 @@ class BandSplit(nn.Module):
         super().__init__()
         self.dim_inputs = tuple(dim_inputs)
         self.to_features = nn.ModuleList(nn.Sequential(BandRMSNorm(d), nn.Linear(d, dim)) for d in dim_inputs)
+        self.runs = runs_of_equal_width(self.dim_inputs)
 
     def forward(self, x: Tensor) -> Tensor:
-        bands = x.split(self.dim_inputs, dim=-1)
-        return torch.stack([to_feature(band) for band, to_feature in zip(bands, self.to_features)], dim=-2)
+        b, frames = x.shape[:2]
+        features, start = [], 0
+        for first, count, width in self.runs:
+            bands = x[..., start:start + count * width].unflatten(-1, (count, width))  # (b n r d)
+            start += count * width
+            modules = self.to_features[first:first + count]
+            gamma = torch.stack([module[0].gamma for module in modules])  # (r d)
+            normed = F.normalize(bands, dim=-1) * modules[0][0].scale * gamma
+            projected = per_band_linear(normed.permute(2, 0, 1, 3).reshape(count, b * frames, width),
+                                        [module[1] for module in modules])  # (r (b n) dim)
+            features.append(projected.unflatten(1, (b, frames)))
+        return torch.cat(features).permute(1, 2, 0, 3)  # (b n k dim)
 
 
 class MaskEstimator(nn.Module):
@@ -81,9 +113,22 @@ class MaskEstimator(nn.Module):
             return nn.Sequential(*layers)
 
         self.to_freqs = nn.ModuleList(nn.Sequential(mlp(2 * d), nn.GLU(dim=-1)) for d in dim_inputs)
+        self.runs = runs_of_equal_width(tuple(dim_inputs))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([to_freq(band) for band, to_freq in zip(x.unbind(dim=-2), self.to_freqs)], dim=-1)
+        b, frames, _, dim = x.shape
+        masks = []
+        for first, count, _ in self.runs:
+            h = x[:, :, first:first + count].permute(2, 0, 1, 3).reshape(count, b * frames, dim)  # (r (b n) dim)
+            mlps = [to_freq[0] for to_freq in self.to_freqs[first:first + count]]
+            for position, layer in enumerate(mlps[0]):
+                if isinstance(layer, nn.Linear):
+                    h = per_band_linear(h, [mlp[position] for mlp in mlps])
+                else:
+                    h = layer(h)  # Tanh
+            h = F.glu(h, dim=-1)  # (r (b n) d)
+            masks.append(h.unflatten(1, (b, frames)).permute(1, 2, 0, 3).flatten(2))  # (b n (r d))
+        return torch.cat(masks, dim=-1)
 
 
 class MambaBlock(nn.Module):
