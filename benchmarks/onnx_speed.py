@@ -15,11 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bsmamba2_plugin.cpu_allocator import tune_cpu_allocator
-
-tune_cpu_allocator()  # before torch allocates anything
-
-import torch  # noqa: E402
+import torch  # no tune_cpu_allocator here: onnxruntime's plain allocations must go back to the OS
 
 from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.onnx_export import OnnxChunkModel, export_onnx, frames_for  # noqa: E402
@@ -65,6 +61,7 @@ def main() -> None:
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = args.threads
+        options.enable_cpu_mem_arena = False  # as OnnxChunkModel: the arena outgrows the machine's memory
         chunk_model = OnnxChunkModel(path)
         chunk_model.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         chunk_model(audio)  # warm-up
