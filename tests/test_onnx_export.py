@@ -122,11 +122,14 @@ def test_chunk_model_has_a_model_s_contract_and_gives_msst_demix_the_same_output
 
 @pytest.mark.slow
 def test_graph_does_not_grow_with_chunks(exported, tmp_path: Path):
-    """A chunk of five scan chunks exports to the same number of nodes as one of two (a second export: ~30 s)."""
+    """A chunk of five scan chunks exports to the same operations as one of two (a second export: ~30 s)."""
     model, path = exported
     longer = 20000  # 313 frames: five chunks of 64 steps
     other = export_onnx(model, tmp_path / "longer.onnx", chunk_samples=longer)
-    assert len(onnx.load(str(other)).graph.node) == len(onnx.load(str(path)).graph.node)
+    def operations(graph_path: Path) -> list[str]:  # the computing nodes; Constant nodes hold shapes
+        return sorted(node.op_type for node in onnx.load(str(graph_path)).graph.node if node.op_type != "Constant")
+
+    assert operations(other) == operations(path)
     audio = torch.randn(1, 2, longer)
     with torch.no_grad():
         reference = model(audio)
