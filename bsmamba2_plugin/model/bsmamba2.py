@@ -308,10 +308,6 @@ class BSMamba2(nn.Module):
             raise ValueError("expected at least one sample of audio, got 0")
         return x
 
-    def stft_frames(self, samples: int) -> int:
-        """STFT frames of `samples` samples (center=True, after the short-input padding)."""
-        return stft_padded_length(self.stft_kwargs, samples) // self.stft_kwargs["hop_length"] + 1
-
     def mixture_stft(self, x: Tensor) -> tuple[Tensor, int]:
         """(b, c, t) -> (the mixture STFT (b, c, f, n, 2) in fp32, re/im last; the padded length)."""
         return mixture_stft(x, self.stft_kwargs, self.stft_window)
