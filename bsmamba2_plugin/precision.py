@@ -133,11 +133,11 @@ def training_precision(use_amp: bool, amp_dtype: str, device: torch.device | str
     multiplies bf16 natively, float32 elsewhere (float16 autocast has no fast CPU path).
     """
     device = torch.device(device)
+    if not use_amp:  # amp_dtype unused, as before
+        return Precision("fp32", None, "fp32 (training.use_amp is false)")
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
     if amp_dtype not in dtypes:
         raise ValueError(f"training.amp_dtype={amp_dtype!r}: choose bfloat16 or float16")
-    if not use_amp:
-        return Precision("fp32", None, "fp32 (training.use_amp is false)")
     if device.type == "cuda":
         name = "bf16" if amp_dtype == "bfloat16" else "fp16"
         return Precision(name, dtypes[amp_dtype], f"{name} (training.use_amp on CUDA, training.amp_dtype={amp_dtype})")
