@@ -8,6 +8,9 @@ Prints, for BSMamba2 (paper configuration) on N seconds of stereo 44.1 kHz audio
   chunked algorithm needs them, at its chunk lengths); elementwise work is not counted;
 - forward wall time, achieved GFLOP/s and its share of the matmul rate (target >= 40 %);
 - peak resident memory during the forward;
+- the same forward under bf16 autocast in the same run: its time, the ratio to fp32 (target on a
+  CPU with native bf16: >= 2x), the SDR of its output against the fp32 output (target >= 35 dB),
+  and what `--precision auto` picks on this machine and why;
 - the chunked SSD scan against the sequential recurrence at L = 801 (target >= 50x), with the
   bound the matmul rate puts on that ratio (both forms do about the same arithmetic).
 
@@ -30,6 +33,7 @@ import torch  # noqa: E402
 
 from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.model.ssd import padded_length, ssd_chunked, ssd_sequential  # noqa: E402
+from bsmamba2_plugin.precision import Precision, autocast, resolve_precision  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -119,9 +123,17 @@ def main() -> None:
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            model(audio)
+            fp32_out = model(audio)
             times.append(time.perf_counter() - start)
     rss_after = peak_rss_mib()
+    bf16 = Precision("bf16", torch.bfloat16, "benchmark")
+    with torch.inference_mode(), autocast(bf16, "cpu"):
+        model(audio[..., :44100])  # warm-up
+        bf16_times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            bf16_out = model(audio)
+            bf16_times.append(time.perf_counter() - start)
     matmul = matmul_gflops()
     seconds = statistics.median(times)
     achieved = total / seconds / 1e9
@@ -130,6 +142,12 @@ def main() -> None:
     print(f"achieved {achieved:.1f} GFLOP/s; fp32 matmul {matmul:.1f} GFLOP/s -> {100 * achieved / matmul:.0f} %"
           " of the matmul rate (target >= 40 %)")
     print(f"peak RSS: {rss_after:.0f} MiB (before the 8 s forward: {rss_before:.0f} MiB)")
+    bf16_seconds = statistics.median(bf16_times)
+    sdr = 10 * torch.log10(fp32_out.pow(2).sum() / (fp32_out - bf16_out).pow(2).sum()).item()
+    print(f"bf16 autocast forward: {bf16_seconds:.2f} s (median of {args.repeats}: "
+          f"{', '.join(f'{t:.2f}' for t in bf16_times)}) -> {seconds / bf16_seconds:.2f}x the fp32 speed"
+          f" (target >= 2x where bf16 is native); output {sdr:.1f} dB SDR from fp32 (target >= 35 dB)")
+    print(f"--precision auto here: {resolve_precision('auto', 'cpu').reason}")
 
     # One Mamba2 layer's scan over time on an 8 s clip: 62 band sequences, 16 heads x 64, d_state 128.
     length, heads, headdim, d_state, sequences, chunk = 801, 16, 64, 128, 62, 64

@@ -4,8 +4,10 @@
     python benchmarks/train_throughput.py --config configs/bsmamba2_vocals_paper.yaml --device cuda \
         [--backend mamba_ssm|torch]                                         # paper: batch 5 x 8 s, bf16
 
-Prints training examples per second and seconds of audio per second, on random audio of the
-config's chunk size (data loading excluded: it is measured by the trainer's progress bar).
+Prints steps, training examples and seconds of audio per second, on random audio of the config's
+chunk size (data loading excluded: it is measured by the trainer's progress bar), for float32 and
+for mixed precision (bf16 autocast on a CPU; training.amp_dtype on CUDA) in the same run, their
+ratio (target on a CPU with native bf16: >= 1.5x), and the precision the trainer picks here.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch  # noqa: E402
 from bsmamba2_plugin.config import ConfigError, load_config  # noqa: E402
 from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.model.backend import BACKENDS, resolve_backend  # noqa: E402
+from bsmamba2_plugin.precision import Precision, autocast, training_precision  # noqa: E402
 from bsmamba2_plugin.train.ema import WeightEMA  # noqa: E402
 from bsmamba2_plugin.train.loss import PaperLoss  # noqa: E402
 from bsmamba2_plugin.train.optimizers import build_optimizer  # noqa: E402
@@ -41,11 +44,15 @@ def read_config(path: str) -> Any:
 
 
 def measure_training_step(config: Any, device: torch.device, batch: int, steps: int = 5, warmup: int = 1,
-                          backend: str | None = None) -> dict[str, float]:
-    """Seconds per training step (and peak GPU memory in GiB on CUDA) of `config`'s model on random audio."""
+                          backend: str | None = None, precision: Precision | None = None) -> dict[str, float]:
+    """Seconds per training step (and peak GPU memory in GiB on CUDA) of `config`'s model on random audio.
+
+    `precision`: the autocast of the forward; default, what the trainer picks from training.use_amp."""
     chunk = int(config.audio.chunk_size)
-    amp = device.type == "cuda" and bool(config.training.get("use_amp", False))
-    dtype = torch.bfloat16 if str(config.training.get("amp_dtype", "bfloat16")) == "bfloat16" else torch.float16
+    if precision is None:
+        precision = training_precision(bool(config.training.get("use_amp", False)),
+                                       str(config.training.get("amp_dtype", "bfloat16")), device)
+    torch.manual_seed(0)
     model = BSMamba2.from_config(config, backend=backend).to(device).train()
     loss_fn = PaperLoss(model.loss_settings, float(config.training.get("waveform_loss_weight", 10.0))).to(device)
     optimizer = build_optimizer(config, model.parameters())
@@ -54,7 +61,7 @@ def measure_training_step(config: Any, device: torch.device, batch: int, steps: 
     target = torch.randn(batch, model.num_stems, model.audio_channels, chunk, device=device) * 0.05
 
     def step() -> None:
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=amp):
+        with autocast(precision, device):
             estimate = model(mixture)
         loss = loss_fn(estimate, target)
         loss.backward()
@@ -73,7 +80,7 @@ def measure_training_step(config: Any, device: torch.device, batch: int, steps: 
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    result = {"seconds": (time.perf_counter() - start) / steps, "amp": float(amp),
+    result = {"seconds": (time.perf_counter() - start) / steps, "amp": float(precision.dtype is not None),
               "parameters": sum(p.numel() for p in model.parameters())}
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -95,18 +102,27 @@ def main() -> None:
     batch = args.batch_size or int(config.training.batch_size)
     chunk = int(config.audio.chunk_size)
     rate = int(config.audio.get("sample_rate", 44100))
-    result = measure_training_step(config, device, batch, args.steps, args.warmup, args.backend)
-    seconds = result["seconds"]
-    dtype = str(config.training.get("amp_dtype", "bfloat16"))
-    print(f"config {Path(args.config).name}: {result['parameters'] / 1e6:.2f} M parameters, batch {batch} x"
-          f" {chunk / rate:.2f} s, device {device}, {'amp ' + dtype if result['amp'] else 'float32'},"
-          f" backend {args.backend or resolve_backend(None)}, threads {torch.get_num_threads()}")
-    print(f"{seconds:.3f} s per step, {batch / seconds:.2f} training examples/s, "
-          f"{batch * chunk / rate / seconds:.2f} s of audio per second")
-    if "peak_gib" in result:
-        print(f"peak GPU memory {result['peak_gib']:.2f} GiB")
-    else:
+    trainer_pick = training_precision(bool(config.training.get("use_amp", False)),
+                                      str(config.training.get("amp_dtype", "bfloat16")), device)
+    mixed_dtype = trainer_pick.dtype or torch.bfloat16
+    mixed = Precision("bf16" if mixed_dtype is torch.bfloat16 else "fp16", mixed_dtype, "benchmark")
+    results = {}
+    for precision in (Precision("fp32", None, "benchmark"), mixed):
+        results[precision.name] = result = measure_training_step(config, device, batch, args.steps, args.warmup,
+                                                                 args.backend, precision)
+        seconds = result["seconds"]
+        print(f"config {Path(args.config).name}: {result['parameters'] / 1e6:.2f} M parameters, batch {batch} x"
+              f" {chunk / rate:.2f} s, device {device}, {precision.name}, backend {args.backend or resolve_backend(None)},"
+              f" threads {torch.get_num_threads()}")
+        print(f"  {seconds:.3f} s per step = {1 / seconds:.2f} steps/s, {batch / seconds:.2f} training examples/s, "
+              f"{batch * chunk / rate / seconds:.2f} s of audio per second")
+        if "peak_gib" in result:
+            print(f"  peak GPU memory {result['peak_gib']:.2f} GiB")
+    print(f"{mixed.name} / fp32 steps per second: {results['fp32']['seconds'] / results[mixed.name]['seconds']:.2f}x"
+          f" (target >= 1.5x where bf16 is native); the trainer here picks {trainer_pick.reason}")
+    if device.type != "cuda":
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (the whole process)")
+
 
 if __name__ == "__main__":
     main()

@@ -1,18 +1,20 @@
 """ONNX export of BSMamba2's PyTorch path, and a separator that runs the export with onnxruntime.
 
-What goes into the graph is the network between the spectrograms:
+What goes into the graph is the network between the spectrograms, the model's own steps
+(`BSMamba2.band_input`, `estimate_masks`, `apply_masks`):
 
     mixture STFT, real and imaginary parts   (batch, channels, freqs, frames, 2)   float32
       -> band split, the bidirectional Mamba2 layers, final norm, mask estimators
       -> complex masks times the mixture STFT, in real arithmetic
     separated STFTs                          (batch, stems, channels, freqs, frames, 2)
 
-The STFT and the inverse STFT stay outside (`OnnxSeparator` runs them with torch.stft /
-torch.istft, as the model does): ONNX has no inverse STFT operator, and complex tensors do
-not export. The frame count is fixed at export time: the SSD scan cuts the time axis into
-chunks with Python integers, so a different length is a different graph. That matches how
-MSST's demix calls the model anyway, with chunks of `audio.chunk_size` samples; the batch
-axis stays dynamic.
+The STFT and the inverse STFT stay outside (`OnnxChunkModel` runs the model's own
+`mixture_stft` / `inverse_stft` with torch): ONNX has no inverse STFT operator, and complex
+tensors do not export. Traced for export, the Mamba2 layers use the all-chunks form of the SSD
+scan (`ssd.ssd_reference`): head-batched products and every chunk in one batched product, so the
+graph's size does not grow with heads or chunks. The frame count is fixed at export time
+(the chunk layout of the scan depends on it); MSST's demix calls the model with chunks of
+`audio.chunk_size` samples anyway. The batch axis stays dynamic.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .model import BSMamba2, Mamba2
+from .model.bsmamba2 import inverse_stft, mixture_stft, stft_padded_length
 
 INPUT_NAME = "mixture_stft"
 OUTPUT_NAME = "separated_stft"
@@ -47,39 +51,12 @@ class SpectrogramNetwork(nn.Module):
         self.model = model
 
     def forward(self, stft: Tensor) -> Tensor:
-        model = self.model
-        b, c, f, frames, _ = stft.shape
-        # The model's band input: (b, n, (f c 2)), frequency outermost, then channel, then re/im.
-        bands = stft.permute(0, 3, 2, 1, 4).reshape(b, frames, f * c * 2)
-        masks = model.estimate_masks(bands)  # (b s n (f c 2))
-        masks = masks.reshape(b, model.num_stems, frames, f, c, 2).permute(0, 1, 4, 3, 2, 5)  # (b s c f n 2)
-        mix = stft.unsqueeze(1)  # (b 1 c f n 2)
-        mask_re, mask_im = masks[..., 0], masks[..., 1]
-        mix_re, mix_im = mix[..., 0], mix[..., 1]
-        return torch.stack([mix_re * mask_re - mix_im * mask_im, mix_re * mask_im + mix_im * mask_re], dim=-1)
+        return self.model.apply_masks(self.model.estimate_masks(self.model.band_input(stft)), stft)
 
 
-def frames_for(stft_kwargs: dict, samples: int) -> int:
+def frames_for(stft_kwargs: Mapping[str, Any], samples: int) -> int:
     """The STFT frame count of `samples` samples (center=True, after the model's short-input padding)."""
-    padded = max(samples, stft_kwargs["n_fft"] // 2 + 1)
-    return padded // stft_kwargs["hop_length"] + 1
-
-
-def mixture_stft(stft_kwargs: dict, window: Tensor, audio: Tensor) -> tuple[Tensor, int]:
-    """(b, c, t) float -> ((b, c, f, n, 2) float32, padded length), exactly as BSMamba2.forward."""
-    b, c, length = audio.shape
-    padded = max(length, stft_kwargs["n_fft"] // 2 + 1)
-    audio = F.pad(audio.float(), (0, padded - length))
-    stft = torch.stft(audio.reshape(b * c, padded), window=window, return_complex=True, **stft_kwargs)
-    return torch.view_as_real(stft).unflatten(0, (b, c)), padded
-
-
-def inverse_stft(stft_kwargs: dict, window: Tensor, separated: Tensor, padded: int, length: int) -> Tensor:
-    """(b, s, c, f, n, 2) -> (b, s, c, length), exactly as BSMamba2.forward."""
-    b, s, c = separated.shape[:3]
-    spec = torch.view_as_complex(separated.contiguous()).reshape(b * s * c, *separated.shape[3:5])
-    audio = torch.istft(spec, window=window, length=padded, **stft_kwargs)
-    return audio.reshape(b, s, c, padded)[..., :length]
+    return stft_padded_length(stft_kwargs, samples) // stft_kwargs["hop_length"] + 1
 
 
 def export_metadata(model: BSMamba2, chunk_samples: int) -> dict[str, str]:
@@ -123,8 +100,7 @@ def export_onnx(
     backends = {module: module.backend for module in model.modules() if isinstance(module, Mamba2)}
     model.set_backend("torch")
     network = SpectrogramNetwork(model).eval()
-    example = mixture_stft(model.stft_kwargs, model.stft_window.float(),
-                           torch.zeros(2, model.audio_channels, chunk_samples))[0]
+    example = model.mixture_stft(torch.zeros(2, model.audio_channels, chunk_samples))[0]
     batch = torch.export.Dim("batch", min=1, max=4096)
 
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -136,6 +112,9 @@ def export_onnx(
             program = torch.onnx.export(
                 network, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), external_data=False, verbose=False,
+                # onnxscript's pattern rewriter took half of the export's minutes on the paper model;
+                # onnxruntime folds constants and fuses when it loads the graph anyway.
+                optimize=False,
             )
         program.model.metadata_props.update(export_metadata(model, chunk_samples))
         program.save(temp_name, external_data=False)
@@ -151,23 +130,28 @@ def export_onnx(
     return path
 
 
-class OnnxSeparator:
-    """Separates audio with an exported network: torch STFT -> onnxruntime -> torch iSTFT.
+class OnnxChunkModel(nn.Module):
+    """An exported network with a model's contract: (batch, channels, chunk_samples) float32 ->
+    (batch, stems, channels, chunk_samples) float32, as MSST's demix and the package's overlap-add
+    call a model. Torch STFT -> onnxruntime -> torch iSTFT; the output is on the input's device.
 
     Everything besides the graph (chunk length, STFT settings, stems) comes from the file's
-    metadata, written by `export_onnx`. Audio of any length is cut into chunks of the export's
-    `chunk_samples` (the last one zero-padded) and the pieces concatenated without overlap;
-    for overlap and cross-fade give MSST's demix this object with audio.chunk_size equal to
-    `chunk_samples`.
+    metadata, written by `export_onnx`. It has no parameters; autocast does not reach the graph.
     """
 
     def __init__(self, onnx_path: str | os.PathLike, providers: Sequence[str] | None = None):
+        super().__init__()
         import onnxruntime
 
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise FileNotFoundError(f"ONNX model {onnx_path} does not exist")
-        self.session = onnxruntime.InferenceSession(str(onnx_path),
+        self.onnx_path = onnx_path
+        options = onnxruntime.SessionOptions()
+        # onnxruntime's arena keeps every size it ever handed out: on the paper model's 8 s chunk
+        # (activations of up to 1 GB each) it grew past 23 GB; plain allocations peak at about 7 GB.
+        options.enable_cpu_mem_arena = False
+        self.session = onnxruntime.InferenceSession(str(onnx_path), options,
                                                     providers=list(providers or ["CPUExecutionProvider"]))
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
@@ -181,19 +165,44 @@ class OnnxSeparator:
         except KeyError as missing:
             raise ValueError(f"{onnx_path} lacks the metadata key {missing.args[0]!r}: it was not written by "
                              "bsmamba2_plugin.onnx_export.export_onnx") from None
-        self.window = torch.hann_window(self.stft_kwargs["win_length"])
+        self.register_buffer("stft_window", torch.hann_window(self.stft_kwargs["win_length"]), persistent=False)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """(b, c, chunk_samples) -> (b, stems, c, chunk_samples)."""
+        if audio.dim() != 3 or audio.shape[1] != self.audio_channels or audio.shape[2] != self.chunk_samples:
+            raise ValueError(f"{self.onnx_path.name} takes chunks of shape (batch, {self.audio_channels}, "
+                             f"{self.chunk_samples}), got {tuple(audio.shape)}")
+        device = audio.device
+        window = self.stft_window.cpu()
+        stft, padded = mixture_stft(audio.detach().float().cpu(), self.stft_kwargs, window)
+        (separated,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: stft.numpy()})
+        out = inverse_stft(torch.from_numpy(separated), self.stft_kwargs, window, padded, audio.shape[2])
+        return out.to(device)
+
+
+class OnnxSeparator:
+    """Separates audio with an exported network.
+
+    `chunk_model` (an `OnnxChunkModel`) is the per-chunk function with a model's contract: give
+    it to an overlap-add (MSST's demix with audio.chunk_size = `chunk_samples`, or the package's
+    engine) for the same output as the PyTorch separator. Calling the separator itself cuts audio of
+    any length into back-to-back chunks (the last one zero-padded), without overlap.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, providers: Sequence[str] | None = None):
+        self.chunk_model = OnnxChunkModel(onnx_path, providers)
+        self.session = self.chunk_model.session
+        self.chunk_samples = self.chunk_model.chunk_samples
+        self.num_stems = self.chunk_model.num_stems
+        self.audio_channels = self.chunk_model.audio_channels
+        self.stft_kwargs = self.chunk_model.stft_kwargs
 
     def separate_chunk(self, audio: Tensor) -> Tensor:
         """(b, c, chunk_samples) -> (b, stems, c, chunk_samples)."""
-        if audio.dim() != 3 or audio.shape[1] != self.audio_channels or audio.shape[2] != self.chunk_samples:
-            raise ValueError(f"expected a chunk of shape (batch, {self.audio_channels}, {self.chunk_samples}), "
-                             f"got {tuple(audio.shape)}")
-        stft, padded = mixture_stft(self.stft_kwargs, self.window, audio)
-        (separated,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: stft.numpy().astype(np.float32, copy=False)})
-        return inverse_stft(self.stft_kwargs, self.window, torch.from_numpy(separated), padded, audio.shape[2])
+        return self.chunk_model(audio)
 
     def __call__(self, audio: Tensor | np.ndarray) -> Tensor:
-        """(b, c, t) -> (b, stems, c, t), like BSMamba2.forward."""
+        """(b, c, t) -> (b, stems, c, t), like BSMamba2.forward, chunk after chunk without overlap."""
         audio = torch.as_tensor(audio, dtype=torch.float32)
         if audio.dim() == 2 and self.audio_channels == 1:  # (b, t) mono, as the model allows
             audio = audio.unsqueeze(1)

@@ -175,6 +175,21 @@ def test_bf16_autocast_forward_on_cpu() -> None:
     assert ((low - reference).norm() / reference.norm()).item() < 0.05
 
 
+@pytest.mark.slow
+def test_paper_model_in_bf16_is_within_35_db_of_fp32() -> None:
+    """The issue's quality bar for bf16 autocast: the paper model (random weights) on 1 s of stereo."""
+    torch.manual_seed(0)
+    model = BSMamba2().eval()
+    audio = torch.randn(1, 2, 44100) * 0.1
+    with torch.inference_mode():
+        reference = model(audio)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(audio)
+    assert low.dtype == torch.float32
+    sdr = 10 * torch.log10(reference.pow(2).sum() / (reference - low).pow(2).sum()).item()
+    assert sdr >= 35, f"bf16 output is {sdr:.1f} dB SDR from fp32"
+
+
 def two_directions(dim: int = 32) -> BidirectionalMamba:
     torch.manual_seed(0)
     block = BidirectionalMamba(dim, backend="torch").double()

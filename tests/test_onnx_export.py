@@ -13,7 +13,7 @@ import onnx  # noqa: E402  (installed with the two above)
 
 from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.onnx_export import (  # noqa: E402
-    INPUT_NAME, OUTPUT_NAME, OnnxSeparator, export_onnx, frames_for, main,
+    INPUT_NAME, OUTPUT_NAME, OnnxChunkModel, OnnxSeparator, export_onnx, frames_for, main,
 )
 
 TINY = dict(dim=32, depth=1, stft_n_fft=256, stft_hop_length=64, stft_win_length=256,
@@ -81,7 +81,7 @@ def test_longer_audio_runs_chunk_by_chunk(exported):
 def test_bad_inputs_are_named(exported, tmp_path):
     model, path = exported
     separator = OnnxSeparator(path)
-    with pytest.raises(ValueError, match=r"\(batch, 2, 6300\)"):
+    with pytest.raises(ValueError, match=r"tiny.onnx takes chunks of shape \(batch, 2, 6300\), got \(1, 2, 100\)"):
         separator.separate_chunk(torch.zeros(1, 2, 100))
     with pytest.raises(ValueError, match="2 channel"):
         separator(torch.zeros(1, 1, 100))
@@ -97,6 +97,43 @@ def test_bad_inputs_are_named(exported, tmp_path):
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
     with pytest.raises(ValueError, match="bsmamba2.chunk_samples"):
         OnnxSeparator(tmp_path / "foreign.onnx")
+
+
+def test_chunk_model_has_a_model_s_contract_and_gives_msst_demix_the_same_output(exported):
+    """The chunk function (what an overlap-add calls) through the real MSST demix equals the PyTorch model."""
+    msst_model_utils = pytest.importorskip("msst.utils.model_utils")
+    from ml_collections import ConfigDict
+
+    model, path = exported
+    chunk_model = OnnxChunkModel(path)
+    assert isinstance(chunk_model, torch.nn.Module) and chunk_model.num_stems == 2
+    out = chunk_model(torch.randn(2, 2, CHUNK))
+    assert out.shape == (2, 2, 2, CHUNK) and out.dtype == torch.float32
+    cfg = ConfigDict({"audio": {"chunk_size": CHUNK, "sample_rate": 44100},
+                      "inference": {"num_overlap": 2, "batch_size": 2},
+                      "training": {"instruments": ["vocals", "other"], "target_instrument": None, "use_amp": True}})
+    mixture = torch.randn(2, 3 * CHUNK + 123, generator=torch.Generator().manual_seed(4)).numpy()
+    expected = msst_model_utils.demix(cfg, model, mixture, "cpu", "bsmamba2")
+    ours = msst_model_utils.demix(cfg, chunk_model, mixture, "cpu", "bsmamba2")
+    assert expected.keys() == ours.keys() == {"vocals", "other"}
+    for stem in expected:
+        assert relative_error(torch.from_numpy(ours[stem]), torch.from_numpy(expected[stem])) < 1e-4
+
+
+@pytest.mark.slow
+def test_graph_does_not_grow_with_chunks(exported, tmp_path: Path):
+    """A chunk of five scan chunks exports to the same operations as one of two (a second export: ~30 s)."""
+    model, path = exported
+    longer = 20000  # 313 frames: five chunks of 64 steps
+    other = export_onnx(model, tmp_path / "longer.onnx", chunk_samples=longer)
+    def operations(graph_path: Path) -> list[str]:  # the computing nodes; Constant nodes hold shapes
+        return sorted(node.op_type for node in onnx.load(str(graph_path)).graph.node if node.op_type != "Constant")
+
+    assert operations(other) == operations(path)
+    audio = torch.randn(1, 2, longer)
+    with torch.no_grad():
+        reference = model(audio)
+    assert relative_error(OnnxChunkModel(other)(audio), reference) < 1e-4
 
 
 @pytest.mark.slow

@@ -51,6 +51,27 @@ class BandRMSNorm(nn.Module):
         return F.normalize(x, dim=-1) * self.scale * self.gamma
 
 
+def runs_of_equal_width(widths: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(first band, band count, width) of each run of consecutive bands of one width: the bands of
+    a run go through one batched product (the paper's 62 bands are 7 runs), a smaller graph and
+    fewer, larger kernels than one product per band."""
+    runs: list[tuple[int, int, int]] = []
+    for index, width in enumerate(widths):
+        if runs and runs[-1][2] == width:
+            first, count, _ = runs[-1]
+            runs[-1] = (first, count + 1, width)
+        else:
+            runs.append((index, 1, width))
+    return runs
+
+
+def per_band_linear(x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
+    """x: (r, tokens, d_in), band i through linears[i] -> (r, tokens, d_out), as one batched product."""
+    weight = torch.stack([linear.weight for linear in linears]).transpose(1, 2)  # (r d_in d_out)
+    bias = torch.stack([linear.bias for linear in linears])[:, None]  # (r 1 d_out)
+    return torch.baddbmm(bias, x, weight)
+
+
 class BandSplit(nn.Module):
     """(b, n, sum(dim_inputs)) -> (b, n, k, dim): each band normalised and projected."""
 
@@ -58,10 +79,21 @@ class BandSplit(nn.Module):
         super().__init__()
         self.dim_inputs = tuple(dim_inputs)
         self.to_features = nn.ModuleList(nn.Sequential(BandRMSNorm(d), nn.Linear(d, dim)) for d in dim_inputs)
+        self.runs = runs_of_equal_width(self.dim_inputs)
 
     def forward(self, x: Tensor) -> Tensor:
-        bands = x.split(self.dim_inputs, dim=-1)
-        return torch.stack([to_feature(band) for band, to_feature in zip(bands, self.to_features)], dim=-2)
+        b, frames = x.shape[:2]
+        features, start = [], 0
+        for first, count, width in self.runs:
+            bands = x[..., start:start + count * width].unflatten(-1, (count, width))  # (b n r d)
+            start += count * width
+            modules = self.to_features[first:first + count]
+            gamma = torch.stack([module[0].gamma for module in modules])  # (r d)
+            normed = F.normalize(bands, dim=-1) * modules[0][0].scale * gamma
+            projected = per_band_linear(normed.permute(2, 0, 1, 3).reshape(count, b * frames, width),
+                                        [module[1] for module in modules])  # (r (b n) dim)
+            features.append(projected.unflatten(1, (b, frames)))
+        return torch.cat(features).permute(1, 2, 0, 3)  # (b n k dim)
 
 
 class MaskEstimator(nn.Module):
@@ -81,9 +113,22 @@ class MaskEstimator(nn.Module):
             return nn.Sequential(*layers)
 
         self.to_freqs = nn.ModuleList(nn.Sequential(mlp(2 * d), nn.GLU(dim=-1)) for d in dim_inputs)
+        self.runs = runs_of_equal_width(tuple(dim_inputs))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([to_freq(band) for band, to_freq in zip(x.unbind(dim=-2), self.to_freqs)], dim=-1)
+        b, frames, _, dim = x.shape
+        masks = []
+        for first, count, _ in self.runs:
+            h = x[:, :, first:first + count].permute(2, 0, 1, 3).reshape(count, b * frames, dim)  # (r (b n) dim)
+            mlps = [to_freq[0] for to_freq in self.to_freqs[first:first + count]]
+            for position, layer in enumerate(mlps[0]):
+                if isinstance(layer, nn.Linear):
+                    h = per_band_linear(h, [mlp[position] for mlp in mlps])
+                else:
+                    h = layer(h)  # Tanh
+            h = F.glu(h, dim=-1)  # (r (b n) d)
+            masks.append(h.unflatten(1, (b, frames)).permute(1, 2, 0, 3).flatten(2))  # (b n (r d))
+        return torch.cat(masks, dim=-1)
 
 
 class MambaBlock(nn.Module):
@@ -245,34 +290,74 @@ class BSMamba2(nn.Module):
         return torch.stack([estimator(features) for estimator in self.mask_estimators], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (b, channels, samples) -> (b, num_stems, channels, samples)."""
+        """x: (b, channels, samples) -> (b, num_stems, channels, samples): the paper's three steps."""
+        x = self.check_audio(x)
+        stft, padded = self.mixture_stft(x)  # 1. STFT -> band input
+        masks = self.estimate_masks(self.band_input(stft))  # 2. the network
+        return self.inverse_stft(self.apply_masks(masks, stft), padded, x.shape[-1])  # 3. masks x mixture -> iSTFT
+
+    def check_audio(self, x: Tensor) -> Tensor:
+        """(b, channels, samples), (b, samples) for a mono model; a clear error otherwise."""
         if x.dim() == 2 and self.audio_channels == 1:  # (b, t) mono, as MSST allows
             x = x.unsqueeze(1)
         if x.dim() != 3 or x.shape[1] != self.audio_channels:
             raise ValueError(
                 f"expected audio of shape (batch, {self.audio_channels} channel(s), samples), got {tuple(x.shape)}"
             )
-        b, c, length = x.shape
-        if length == 0:
+        if x.shape[2] == 0:
             raise ValueError("expected at least one sample of audio, got 0")
-        # torch.stft's reflect padding needs more than n_fft // 2 samples: pad short input with zeros.
-        padded = max(length, self.stft_kwargs["n_fft"] // 2 + 1)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            audio = F.pad(fp32_or_wider(x), (0, padded - length))
-            stft = torch.stft(audio.reshape(b * c, padded), window=self.stft_window, return_complex=True,
-                              **self.stft_kwargs)
-            stft = torch.view_as_real(stft).unflatten(0, (b, c))  # (b c f n 2)
-            frames = stft.shape[3]
-            stft = stft.permute(0, 2, 1, 3, 4).reshape(b, -1, frames, 2)  # (b (f c) n 2): freq outermost
+        return x
 
-        masks = self.estimate_masks(stft.permute(0, 2, 1, 3).reshape(b, frames, -1))  # (b s n (f c 2))
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            masks = torch.view_as_complex(fp32_or_wider(masks).unflatten(-1, (-1, 2)).transpose(2, 3).contiguous())
-            separated = torch.view_as_complex(stft).unsqueeze(1) * masks  # (b s (f c) n)
-            separated = separated.unflatten(2, (-1, c)).transpose(2, 3)  # (b s c f n)
-            audio_out = torch.istft(separated.reshape(-1, *separated.shape[-2:]), window=self.stft_window,
-                                    length=padded, **self.stft_kwargs)
-        return audio_out.reshape(b, self.num_stems, c, padded)[..., :length]
+    def mixture_stft(self, x: Tensor) -> tuple[Tensor, int]:
+        """(b, c, t) -> (the mixture STFT (b, c, f, n, 2) in fp32, re/im last; the padded length)."""
+        return mixture_stft(x, self.stft_kwargs, self.stft_window)
+
+    @staticmethod
+    def band_input(stft: Tensor) -> Tensor:
+        """(b, c, f, n, 2) -> (b, n, (f c 2)): frequency outermost, then channel, then re/im."""
+        b, c, f, frames, _ = stft.shape
+        return stft.permute(0, 3, 2, 1, 4).reshape(b, frames, f * c * 2)
+
+    def apply_masks(self, masks: Tensor, stft: Tensor) -> Tensor:
+        """Complex masks (b, s, n, (f c 2)) times the mixture STFT (b, c, f, n, 2) -> (b, s, c, f, n, 2), fp32.
+
+        The complex product in real arithmetic, so the ONNX graph (no complex tensors) shares it."""
+        b, c, f, frames, _ = stft.shape
+        with torch.autocast(device_type=stft.device.type, enabled=False):
+            masks = fp32_or_wider(masks).reshape(b, self.num_stems, frames, f, c, 2).permute(0, 1, 4, 3, 2, 5)
+            mix_re, mix_im = stft.unsqueeze(1).unbind(-1)  # (b 1 c f n)
+            mask_re, mask_im = masks.unbind(-1)  # (b s c f n)
+            return torch.stack([mix_re * mask_re - mix_im * mask_im, mix_re * mask_im + mix_im * mask_re], dim=-1)
+
+    def inverse_stft(self, separated: Tensor, padded: int, length: int) -> Tensor:
+        """(b, s, c, f, n, 2) -> (b, s, c, length), fp32."""
+        return inverse_stft(separated, self.stft_kwargs, self.stft_window, padded, length)
+
+
+def stft_padded_length(stft_kwargs: Mapping[str, Any], samples: int) -> int:
+    """torch.stft's reflect padding needs more than n_fft // 2 samples: short input is zero-padded."""
+    return max(samples, stft_kwargs["n_fft"] // 2 + 1)
+
+
+def mixture_stft(x: Tensor, stft_kwargs: Mapping[str, Any], window: Tensor) -> tuple[Tensor, int]:
+    """The model's STFT (also run outside the ONNX graph): (b, c, t) -> ((b, c, f, n, 2) fp32, padded length)."""
+    b, c, length = x.shape
+    padded = stft_padded_length(stft_kwargs, length)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        audio = F.pad(fp32_or_wider(x), (0, padded - length))
+        stft = torch.stft(audio.reshape(b * c, padded), window=window.to(audio.device, audio.dtype),
+                          return_complex=True, **stft_kwargs)
+        return torch.view_as_real(stft).unflatten(0, (b, c)), padded
+
+
+def inverse_stft(separated: Tensor, stft_kwargs: Mapping[str, Any], window: Tensor, padded: int,
+                 length: int) -> Tensor:
+    """The model's iSTFT (also run outside the ONNX graph): (b, s, c, f, n, 2) -> (b, s, c, length)."""
+    b, s, c, f, frames, _ = separated.shape
+    with torch.autocast(device_type=separated.device.type, enabled=False):
+        spec = torch.view_as_complex(fp32_or_wider(separated).contiguous()).reshape(b * s * c, f, frames)
+        audio = torch.istft(spec, window=window.to(spec.device, spec.real.dtype), length=padded, **stft_kwargs)
+    return audio.reshape(b, s, c, padded)[..., :length]
 
 
 MODEL_KEYS = frozenset(

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .backend import check_backend, mamba_ssm_kernels, use_mamba_ssm
-from .ssd import ssd_chunked
+from .ssd import ssd_chunked, ssd_reference
 
 # The PyTorch scan's chunk length. It is not a weight: any chunk gives the same result up to
 # rounding. On CPU short chunks win (the quadratic part grows with Q); benchmarks/ measures it.
@@ -159,6 +159,12 @@ def causal_conv(xBC: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     # Each tap's weights contiguous over channels: with a stride of d_conv the multiply-adds
     # fall off the vectorised loop and run 20x slower.
     taps = weight.to(xBC.dtype).transpose(1, 2).contiguous()[:, None, None]  # (k 1 1 d_conv ch)
+    if torch.compiler.is_exporting():  # a graph: shifted slices of one padded copy, no in-place slice writes
+        padded = F.pad(xBC, (0, 0, d_conv - 1, 0))
+        out = bias.to(xBC.dtype)[:, None, None]
+        for tap in range(d_conv):
+            out = out + padded[:, :, tap:tap + l] * taps[..., tap, :]
+        return out
     out = torch.addcmul(bias.to(xBC.dtype)[:, None, None], xBC, taps[..., -1, :])
     for shift in range(1, min(d_conv, l)):
         out[:, :, shift:].addcmul_(xBC[:, :, :-shift], taps[..., -1 - shift, :])
@@ -196,19 +202,25 @@ def _mix_and_project(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
                  inplace=scratch)
     x, B, C = xBC.split([m.d_inner, g * n, g * n], dim=-1)
 
-    with torch.autocast(device_type=zxbcdt.device.type, enabled=False):  # the scan stays in fp32
+    # The scan and its states stay in fp32. Under bf16 autocast x and z stay bf16 where they are
+    # read: bf16 -> fp32 is exact, and the mixed-dtype products below give fp32 without a cast
+    # copy of the (tokens x d_inner) activations each.
+    with torch.autocast(device_type=zxbcdt.device.type, enabled=False):
         dt = F.softplus(fp32_or_wider(dt) + fp32_or_wider(stacked(mixers, "dt_bias"))[:, None, None])  # (k b l h)
         A = -torch.exp(fp32_or_wider(stacked(mixers, "A_log")))[:, None, None]  # (k 1 1 h)
-        x = fp32_or_wider(x).reshape(k * b, l, h, p)
-        y = ssd_chunked(
-            x * dt.reshape(k * b, l, h, 1), (dt * A).reshape(k * b, l, h),
+        x = x.reshape(k * b, l, h, p)
+        # Traced for a graph (ONNX export), the scan is the all-chunks form: its size then does not
+        # grow with heads and chunks; run eagerly, the tuned one.
+        scan = ssd_reference if torch.compiler.is_exporting() else ssd_chunked
+        y = scan(
+            fp32_or_wider(x * dt.reshape(k * b, l, h, 1)), (dt * A).reshape(k * b, l, h),
             fp32_or_wider(B).reshape(k * b, l, g, n), fp32_or_wider(C).reshape(k * b, l, g, n),
             chunk_size=m.torch_chunk_size,
         ).reshape(k, b, l, h, p)
         D = fp32_or_wider(stacked(mixers, "D"))[:, None, None, :, None]  # (k 1 1 h 1)
         y = y.addcmul_(x.view(k, b, l, h, p), D).reshape(k, b, l, m.d_inner)
-        gated = F.silu(fp32_or_wider(z))
-        gated = gated.mul_(y) if scratch else gated * y
+        gate = F.silu(z)
+        gated = y.mul_(gate) if scratch else y * gate  # fp32
 
     w_out = stacked(mixers, "out_proj.weight")  # (k d_model d_inner)
     if g > 1:

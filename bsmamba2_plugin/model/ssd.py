@@ -9,8 +9,11 @@ For every head the scan computes, with a_t = dt_t * A the (negative) log decay o
 of Q steps; inside a chunk the recurrence is a masked (Q x Q) matrix product, between chunks
 only the (d_state x headdim) state is carried. Everything here runs in float32 (the caller
 casts): decays are products of many factors below one.
-`ssd_sequential` is the recurrence as a loop: the reference the tests hold the chunked form
-to, and the baseline of the speed benchmark.
+`ssd_reference` is the same chunked algorithm in its plain form, every chunk at once, named as
+in the paper (L = exp(segsum(A)), Y = (L o C B^T) X inside a chunk, states passed between
+chunks): no Python loop over heads or chunks, so it is also the form the ONNX export traces
+(a graph that does not grow with either). `ssd_sequential` is the recurrence as a loop: the
+reference the tests hold both chunked forms to, and the baseline of the speed benchmark.
 """
 from __future__ import annotations
 
@@ -105,6 +108,49 @@ def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> 
     if not in_place:
         y = torch.stack(y_chunks, dim=1)
     return y.view(b, c * q, h, p)[:, :l]
+
+
+def segsum(a: Tensor) -> Tensor:
+    """(..., q) -> (..., q, q): entry (t, s) = a_{s+1} + ... + a_t for s <= t, -inf above the diagonal
+    (so that exp gives the causal decay matrix; masked before exp, its gradient stays finite)."""
+    q = a.shape[-1]
+    cumulative = a.cumsum(-1)
+    sums = cumulative[..., :, None] - cumulative[..., None, :]
+    causal = torch.ones(q, q, dtype=torch.bool, device=a.device).tril()
+    return sums.masked_fill(~causal, float("-inf"))
+
+
+def ssd_reference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Tensor:
+    """The chunked SSD scan, all chunks and heads at once (arguments and result as `ssd_chunked`)."""
+    b, l, h, p = x.shape
+    g, n = B.shape[-2:]
+    padded = padded_length(l, chunk_size)
+    q = min(padded, chunk_size)
+    c = padded // q
+    X, A, B, C = (_pad_time(t, padded - l) for t in (x, a, B, C))
+    X = X.view(b, c, q, g, h // g, p).permute(0, 1, 3, 4, 2, 5)  # (b c g hg q p)
+    A = A.view(b, c, q, g, h // g).permute(0, 1, 3, 4, 2)  # (b c g hg q)
+    B = B.view(b, c, q, g, 1, n).permute(0, 1, 3, 4, 2, 5)  # (b c g 1 q n): one B, C per group
+    C = C.view(b, c, q, g, 1, n).permute(0, 1, 3, 4, 2, 5)
+    A_cumsum = A.cumsum(-1)
+
+    # 1. Inside each chunk (the diagonal blocks): Y = (L o C B^T) X.
+    L = torch.exp(segsum(A))  # (b c g hg q q)
+    Y_diag = (L * (C @ B.transpose(-1, -2))) @ X
+
+    # 2. Each chunk's own final state: B^T (X decayed to the chunk's end).
+    decay_states = torch.exp(A_cumsum[..., -1:] - A_cumsum)  # (b c g hg q)
+    states = B.transpose(-1, -2) @ (X * decay_states[..., None])  # (b c g hg n p)
+
+    # 3. The states passed between chunks: chunk j starts from sum_{i<j} (decay i+1..j-1) state_i.
+    chunk_decay = torch.exp(segsum(A_cumsum[..., -1].permute(0, 2, 3, 1)))  # (b g hg c_j c_i)
+    into = F.pad(chunk_decay, (0, 0, 1, 0))[..., :-1, :]  # row j: from the chunks before j
+    states = (into @ states.permute(0, 2, 3, 1, 4, 5).flatten(-2)).unflatten(-1, (n, p))  # (b g hg c n p)
+
+    # 4. What the carried state gives inside the chunk: exp(A_cumsum_t) C_t^T state.
+    Y_off = torch.exp(A_cumsum)[..., None] * (C @ states.permute(0, 3, 1, 2, 4, 5))  # (b c g hg q p)
+    Y = (Y_diag + Y_off).permute(0, 1, 4, 2, 3, 5).reshape(b, padded, h, p)
+    return Y[:, :l]
 
 
 def ssd_sequential(x: Tensor, a: Tensor, B: Tensor, C: Tensor) -> Tensor:

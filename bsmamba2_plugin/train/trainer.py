@@ -34,6 +34,7 @@ from bsmamba2_plugin.config_keys import warn_unused_keys
 from bsmamba2_plugin.evaluate.scoring import ALWAYS, average
 from bsmamba2_plugin.metrics import METRIC_DIRECTIONS
 from bsmamba2_plugin.model import BSMamba2
+from bsmamba2_plugin.precision import training_precision
 from bsmamba2_plugin.settings import sample_rate
 
 from .augmentations import ChunkSizeAugmentation
@@ -262,16 +263,14 @@ class Trainer:
         return torch.device("cuda", self.args.device_ids[0])
 
     def _autocast_dtype(self, training: Any) -> torch.dtype | None:
-        if not training.get("use_amp", False):
-            return None
-        if self.device.type != "cuda":
-            self._print("training.use_amp: mixed precision is for CUDA; training on CPU runs in float32")
-            return None
-        name = str(training.get("amp_dtype", "bfloat16"))
-        dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-        if name not in dtypes:
-            raise TrainingConfigError(f"training.amp_dtype={name!r}: choose bfloat16 or float16")
-        return dtypes[name]
+        try:  # on a CPU, bf16 where it multiplies bf16 natively (precision.py)
+            chosen = training_precision(bool(training.get("use_amp", False)),
+                                        str(training.get("amp_dtype", "bfloat16")), self.device)
+        except ValueError as error:
+            raise TrainingConfigError(str(error)) from None
+        if training.get("use_amp", False):
+            self._print(f"training.use_amp: {chosen.reason}")
+        return chosen.dtype
 
     def _validated_instruments(self) -> list[str]:
         target = self.config.training.get("target_instrument", None)

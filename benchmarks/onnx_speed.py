@@ -1,0 +1,78 @@
+"""ONNX export of the paper model and onnxruntime against PyTorch fp32 on one chunk (a benchmark, not a test).
+
+Prints the export's wall time and graph size, then seconds per chunk for onnxruntime (CPU) and
+for the PyTorch model in fp32 on the same chunk, in the same run, and their relative difference.
+Random weights; the paper configuration (or --config).
+
+    python benchmarks/onnx_speed.py [--chunk_size 352800] [--threads N] [--repeats 2] [--config PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch  # no tune_cpu_allocator here: onnxruntime's plain allocations must go back to the OS
+
+from bsmamba2_plugin.model import BSMamba2  # noqa: E402
+from bsmamba2_plugin.onnx_export import OnnxChunkModel, export_onnx, frames_for  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_speed import cpu_name  # noqa: E402
+from train_throughput import read_config  # noqa: E402
+
+
+def best_of(repeats: int, run) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunk_size", type=int, default=352800, help="samples per chunk (paper: 8 s)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--config", default=None, help="an MSST YAML; default: the paper model")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = (BSMamba2.from_config(read_config(args.config)) if args.config else BSMamba2()).eval()
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; {args.threads} threads")
+    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; chunk {args.chunk_size} samples "
+          f"({frames_for(model.stft_kwargs, args.chunk_size)} frames)")
+    audio = torch.randn(1, model.audio_channels, args.chunk_size) * 0.1
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bsmamba2.onnx"
+        start = time.perf_counter()
+        export_onnx(model, path, chunk_samples=args.chunk_size)
+        export_seconds = time.perf_counter() - start
+        import onnx
+
+        nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
+        print(f"export: {export_seconds:.1f} s, {nodes} graph nodes, {path.stat().st_size / 2**20:.0f} MiB")
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.enable_cpu_mem_arena = False  # as OnnxChunkModel: the arena outgrows the machine's memory
+        chunk_model = OnnxChunkModel(path)
+        chunk_model.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        chunk_model(audio)  # warm-up
+        t_onnx, onnx_out = best_of(args.repeats, lambda: chunk_model(audio))
+    with torch.inference_mode():
+        model(audio)
+        t_torch, torch_out = best_of(args.repeats, lambda: model(audio))
+    error = ((onnx_out - torch_out).abs().max() / torch_out.abs().max()).item()
+    print(f"one chunk, best of {args.repeats}: onnxruntime {t_onnx:.2f} s, PyTorch fp32 {t_torch:.2f} s "
+          f"-> onnxruntime / PyTorch = {t_onnx / t_torch:.2f} (target <= 1); max relative difference {error:.1e}")
+
+
+if __name__ == "__main__":
+    main()
