@@ -19,21 +19,24 @@ graph's size does not grow with heads or chunks. The frame count is fixed at exp
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from ml_collections import ConfigDict
 from torch import Tensor, nn
 
+from .atomic_file import atomic_path
 from .model import BSMamba2, Mamba2
 from .model.bsmamba2 import inverse_stft, mixture_stft, stft_padded_length
+from .separate.separator import Separator
+from .settings import InferenceSettings
 
 INPUT_NAME = "mixture_stft"
 OUTPUT_NAME = "separated_stft"
@@ -59,10 +62,10 @@ def frames_for(stft_kwargs: Mapping[str, Any], samples: int) -> int:
     return stft_padded_length(stft_kwargs, samples) // stft_kwargs["hop_length"] + 1
 
 
-def export_metadata(model: BSMamba2, chunk_samples: int) -> dict[str, str]:
+def export_metadata(model: BSMamba2, chunk_samples: int, config: Any = None) -> dict[str, str]:
     """What a runner needs besides the graph, stored in the .onnx file's metadata_props."""
     kwargs = model.stft_kwargs
-    return {
+    meta = {
         "bsmamba2.chunk_samples": str(chunk_samples),
         "bsmamba2.num_stems": str(model.num_stems),
         "bsmamba2.audio_channels": str(model.audio_channels),
@@ -72,6 +75,17 @@ def export_metadata(model: BSMamba2, chunk_samples: int) -> dict[str, str]:
         "bsmamba2.stft_normalized": str(bool(kwargs["normalized"])).lower(),
         "bsmamba2.window": "hann",
     }
+    if config is not None:
+        settings = InferenceSettings.from_config(config, chunk_size=chunk_samples)
+        meta.update({
+            "bsmamba2.sample_rate": str(settings.sample_rate),
+            "bsmamba2.instruments": json.dumps(list(settings.all_instruments)),
+            "bsmamba2.target_instrument": settings.instruments[0] if settings.target_index is not None else "",
+            "bsmamba2.num_overlap": str(settings.num_overlap),
+            "bsmamba2.batch_size": str(settings.batch_size),
+            "bsmamba2.normalize": str(settings.normalize).lower(),
+        })
+    return meta
 
 
 def export_onnx(
@@ -79,6 +93,7 @@ def export_onnx(
     path: str | os.PathLike,
     chunk_samples: int,
     opset: int = DEFAULT_OPSET,
+    config: Any = None,
 ) -> Path:
     """Write the network of `model` (PyTorch path, float32) to `path` for inputs of `chunk_samples` samples.
 
@@ -86,6 +101,8 @@ def export_onnx(
     `frames_for(model.stft_kwargs, chunk_samples)`; its output `separated_stft` (batch, stems, channels,
     freqs, frames, 2). The batch axis is dynamic. The file is written atomically; weights are
     stored inside the one .onnx file (protobuf's 2 GB limit is far above the paper model's ~200 MB).
+    With the MSST ``config`` the file also records its stems, sample rate and inference settings,
+    so `OnnxSeparator` needs nothing but the file.
     """
     if not isinstance(model, BSMamba2):
         raise TypeError(f"export_onnx exports a BSMamba2, got {type(model).__name__}")
@@ -103,8 +120,6 @@ def export_onnx(
     example = model.mixture_stft(torch.zeros(2, model.audio_channels, chunk_samples))[0]
     batch = torch.export.Dim("batch", min=1, max=4096)
 
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # exporter chatter about decompositions
@@ -116,14 +131,9 @@ def export_onnx(
                 # onnxruntime folds constants and fuses when it loads the graph anyway.
                 optimize=False,
             )
-        program.model.metadata_props.update(export_metadata(model, chunk_samples))
-        program.save(temp_name, external_data=False)
-        with open(temp_name, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+        program.model.metadata_props.update(export_metadata(model, chunk_samples, config))
+        with atomic_path(path) as temporary:
+            program.save(str(temporary), external_data=False)
     finally:
         for module, backend in backends.items():
             module.backend = backend
@@ -180,40 +190,58 @@ class OnnxChunkModel(nn.Module):
         return out.to(device)
 
 
-class OnnxSeparator:
-    """Separates audio with an exported network.
+def config_from_metadata(chunk_model: OnnxChunkModel) -> ConfigDict:
+    """The MSST config an export recorded (see `export_metadata`)."""
+    meta = chunk_model.session.get_modelmeta().custom_metadata_map
+    if "bsmamba2.instruments" not in meta:
+        raise ValueError(f"{chunk_model.onnx_path} records no stems or sample rate (exported without a config): "
+                         f"pass the model's MSST YAML as config=")
+    return ConfigDict({
+        "audio": {"chunk_size": chunk_model.chunk_samples, "sample_rate": int(meta["bsmamba2.sample_rate"])},
+        "training": {"instruments": json.loads(meta["bsmamba2.instruments"]),
+                     "target_instrument": meta.get("bsmamba2.target_instrument") or None, "use_amp": False},
+        "inference": {"num_overlap": int(meta["bsmamba2.num_overlap"]), "batch_size": int(meta["bsmamba2.batch_size"]),
+                      "normalize": meta.get("bsmamba2.normalize") == "true"},
+    })
 
-    `chunk_model` (an `OnnxChunkModel`) is the per-chunk function with a model's contract: give
-    it to an overlap-add (MSST's demix with audio.chunk_size = `chunk_samples`, or the package's
-    engine) for the same output as the PyTorch separator. Calling the separator itself cuts audio of
-    any length into back-to-back chunks (the last one zero-padded), without overlap.
+
+class OnnxSeparator(Separator):
+    """The package's separation engine around an exported network: MSST's overlap-add, TTA,
+    bigshifts, any rate and length, files and folders, exactly as `Separator` does with the
+    PyTorch model (the same output up to the graph's float32 rounding).
+
+    ``OnnxSeparator("model.onnx")`` takes stems, rate and inference settings from the file (written
+    by `export_onnx` with a config); ``config=`` (an MSST YAML or config) overrides them, its chunk
+    size set to the graph's. ``chunk_model`` is the per-chunk function (`OnnxChunkModel`).
     """
 
-    def __init__(self, onnx_path: str | os.PathLike, providers: Sequence[str] | None = None):
-        self.chunk_model = OnnxChunkModel(onnx_path, providers)
-        self.session = self.chunk_model.session
-        self.chunk_samples = self.chunk_model.chunk_samples
-        self.num_stems = self.chunk_model.num_stems
-        self.audio_channels = self.chunk_model.audio_channels
-        self.stft_kwargs = self.chunk_model.stft_kwargs
+    def __init__(self, onnx_path: str | os.PathLike, config: Any = None, providers: Sequence[str] | None = None,
+                 **options: Any):
+        from .config import load_config
+
+        chunk_model = OnnxChunkModel(onnx_path, providers)
+        if config is None:
+            config = config_from_metadata(chunk_model)
+        else:
+            config = copy.deepcopy(load_config(config) if isinstance(config, (str, os.PathLike)) else config)
+            chunk = config["audio"].get("chunk_size") if "audio" in config else None
+            if chunk is not None and int(chunk) != chunk_model.chunk_samples:
+                warnings.warn(f"{chunk_model.onnx_path.name} takes {chunk_model.chunk_samples}-sample chunks: "
+                              f"audio.chunk_size {chunk} of the config is replaced by it", UserWarning, stacklevel=2)
+            config["audio"]["chunk_size"] = chunk_model.chunk_samples
+            if "inference" in config and "chunk_size" in config["inference"]:
+                config["inference"]["chunk_size"] = chunk_model.chunk_samples
+        super().__init__(config, model=chunk_model, device="cpu", precision="fp32", **options)
+        self.chunk_model = chunk_model
+        self.session = chunk_model.session
+        self.chunk_samples = chunk_model.chunk_samples
+        self.num_stems = chunk_model.num_stems
+        self.audio_channels = chunk_model.audio_channels
+        self.stft_kwargs = chunk_model.stft_kwargs
 
     def separate_chunk(self, audio: Tensor) -> Tensor:
-        """(b, c, chunk_samples) -> (b, stems, c, chunk_samples)."""
+        """(b, c, chunk_samples) -> (b, stems, c, chunk_samples): one call of the graph."""
         return self.chunk_model(audio)
-
-    def __call__(self, audio: Tensor | np.ndarray) -> Tensor:
-        """(b, c, t) -> (b, stems, c, t), like BSMamba2.forward, chunk after chunk without overlap."""
-        audio = torch.as_tensor(audio, dtype=torch.float32)
-        if audio.dim() == 2 and self.audio_channels == 1:  # (b, t) mono, as the model allows
-            audio = audio.unsqueeze(1)
-        if audio.dim() != 3 or audio.shape[1] != self.audio_channels or audio.shape[2] == 0:
-            raise ValueError(f"expected audio of shape (batch, {self.audio_channels} channel(s), samples), "
-                             f"got {tuple(audio.shape)}")
-        length = audio.shape[2]
-        pieces = -(-length // self.chunk_samples)
-        audio = F.pad(audio, (0, pieces * self.chunk_samples - length))
-        outputs = [self.separate_chunk(chunk) for chunk in audio.split(self.chunk_samples, dim=2)]
-        return torch.cat(outputs, dim=-1)[..., :length]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -238,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.start_check_point is None:
         print("no --start_check_point: exporting randomly initialised weights", file=sys.stderr)
     model = load_model(config, args.start_check_point)
-    written = export_onnx(model, args.output, chunk_samples=int(chunk), opset=args.opset)
+    written = export_onnx(model, args.output, chunk_samples=int(chunk), opset=args.opset, config=config)
     print(f"wrote {written} ({frames_for(model.stft_kwargs, int(chunk))} STFT frames = {chunk} samples per chunk)")
 
 

@@ -112,7 +112,7 @@ def _tiny_config(path: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "audio": {"chunk_size": 2048, "sample_rate": RATE},
         "training": {"instruments": ["vocals", "other"], "target_instrument": None, "use_amp": True},
-        "inference": {"num_overlap": 2, "batch_size": 2},
+        "inference": {"precision": "fp32", "num_overlap": 2, "batch_size": 2},
         "model": {"dim": 16, "depth": 1, "num_stems": 2, "stft_n_fft": 256, "stft_hop_length": 64,
                   "stft_win_length": 256, "freqs_per_bands": [32, 32, 65], "mask_estimator_depth": 1},
     }))

@@ -26,13 +26,21 @@ def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return ((ours - reference).abs().max() / reference.abs().max()).item()
 
 
+def tiny_config(chunk: int = CHUNK, stems=("vocals", "other")):
+    from ml_collections import ConfigDict
+
+    return ConfigDict({"audio": {"chunk_size": chunk, "sample_rate": 44100},
+                       "inference": {"num_overlap": 2, "batch_size": 2, "precision": "fp32"},
+                       "training": {"instruments": list(stems), "target_instrument": None, "use_amp": True}})
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = BSMamba2(**TINY, num_stems=2).eval()
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    assert export_onnx(model, path, chunk_samples=CHUNK) == path
+    assert export_onnx(model, path, chunk_samples=CHUNK, config=tiny_config()) == path
     return model, path
 
 
@@ -45,7 +53,7 @@ def test_onnxruntime_matches_pytorch_on_the_same_chunk(exported):
         audio = torch.randn(batch, 2, CHUNK)
         with torch.no_grad():
             reference = model(audio)
-        ours = separator(audio)
+        ours = separator.separate_chunk(audio)
         assert ours.shape == reference.shape == (batch, 2, 2, CHUNK)
         assert reference.abs().max() > 0.1  # a real output, not a silent one
         assert relative_error(ours, reference) < 1e-4
@@ -67,15 +75,29 @@ def test_graph_has_fixed_frames_dynamic_batch_and_metadata(exported):
     assert os.listdir(path.parent) == [path.name]
 
 
-def test_longer_audio_runs_chunk_by_chunk(exported):
+def test_onnx_separator_is_the_engine_s_overlap_add(exported, tmp_path):
+    """OnnxSeparator gives the PyTorch Separator's output (MSST's overlap-add, TTA), from the file alone."""
+    from bsmamba2_plugin.separate import Separator
+
     model, path = exported
-    separator = OnnxSeparator(path)
-    torch.manual_seed(2)
-    audio = torch.randn(1, 2, CHUNK + 1000)
-    padded = torch.nn.functional.pad(audio, (0, CHUNK - 1000))
-    with torch.no_grad():
-        reference = torch.cat([model(chunk) for chunk in padded.split(CHUNK, dim=2)], dim=-1)[..., :CHUNK + 1000]
-    assert relative_error(separator(audio), reference) < 1e-4
+    separator = OnnxSeparator(path)  # stems, rate and settings from the file's metadata
+    assert separator.instruments == ["vocals", "other"] and separator.sample_rate == 44100
+    assert separator.settings.num_overlap == 2 and separator.settings.chunk_size == CHUNK
+    mixture = torch.randn(2, 2 * CHUNK + 777, generator=torch.Generator().manual_seed(2)).numpy()
+    reference = Separator(tiny_config(), model=model, device="cpu").separate(mixture, 44100, use_tta=True)
+    ours = separator.separate(mixture, 44100, use_tta=True)
+    for stem in reference:
+        assert relative_error(torch.from_numpy(ours[stem]), torch.from_numpy(reference[stem])) < 1e-4
+    # a config given: its stems and settings, the graph's chunk size (with a word when it differs)
+    with pytest.warns(UserWarning, match="replaced by it"):
+        other = OnnxSeparator(path, config=tiny_config(chunk=4096), num_overlap=4)
+    assert other.settings.chunk_size == CHUNK and other.settings.num_overlap == 4
+    import soundfile as sf
+
+    sf.write(tmp_path / "song.wav", mixture.T, 44100, subtype="FLOAT")
+    written = separator.separate_file(tmp_path / "song.wav", tmp_path / "out")
+    stem, _ = sf.read(written["vocals"], dtype="float32", always_2d=True)
+    assert relative_error(torch.from_numpy(stem.T), torch.from_numpy(separator.separate(mixture, 44100)["vocals"])) < 1e-6
 
 
 def test_bad_inputs_are_named(exported, tmp_path):
@@ -83,8 +105,8 @@ def test_bad_inputs_are_named(exported, tmp_path):
     separator = OnnxSeparator(path)
     with pytest.raises(ValueError, match=r"tiny.onnx takes chunks of shape \(batch, 2, 6300\), got \(1, 2, 100\)"):
         separator.separate_chunk(torch.zeros(1, 2, 100))
-    with pytest.raises(ValueError, match="2 channel"):
-        separator(torch.zeros(1, 1, 100))
+    with pytest.raises(ValueError, match="3 channels"):
+        separator.separate(torch.zeros(3, 100).numpy(), 44100)
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         OnnxSeparator(tmp_path / "missing.onnx")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -97,6 +119,16 @@ def test_bad_inputs_are_named(exported, tmp_path):
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
     with pytest.raises(ValueError, match="bsmamba2.chunk_samples"):
         OnnxSeparator(tmp_path / "foreign.onnx")
+    bare = tmp_path / "bare.onnx"  # exported without a config: no stems or rate recorded
+    graph = onnx.load(str(path))
+    keep = [p for p in graph.metadata_props if p.key in ("bsmamba2.chunk_samples", "bsmamba2.num_stems",
+            "bsmamba2.audio_channels") or p.key.startswith("bsmamba2.stft_")]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(keep)
+    onnx.save(graph, str(bare))
+    with pytest.raises(ValueError, match="pass the model's MSST YAML as config="):
+        OnnxSeparator(bare)
+    assert OnnxSeparator(bare, config=tiny_config()).instruments == ["vocals", "other"]
 
 
 def test_chunk_model_has_a_model_s_contract_and_gives_msst_demix_the_same_output(exported):
@@ -147,7 +179,8 @@ def test_cli_exports_a_config_and_checkpoint(tmp_path: Path, capsys):
     bands = ", ".join(str(f) for f in TINY["freqs_per_bands"])
     config = tmp_path / "tiny.yaml"
     config.write_text(
-        "audio:\n  chunk_size: 3000\nmodel:\n"
+        "audio:\n  chunk_size: 3000\n  sample_rate: 8000\n"
+        "training:\n  instruments: [vocals]\n  use_amp: false\ninference:\n  num_overlap: 2\n  batch_size: 1\nmodel:\n"
         + "".join(f"  {key}: {value}\n" for key, value in TINY.items() if key != "freqs_per_bands")
         + f"  freqs_per_bands: !!python/tuple [{bands}]\n  stereo: false\n  num_stems: 1\n"
     )
@@ -155,7 +188,10 @@ def test_cli_exports_a_config_and_checkpoint(tmp_path: Path, capsys):
     main(["--config_path", str(config), "--start_check_point", str(checkpoint), "--output", str(output)])
     assert "3000 samples per chunk" in capsys.readouterr().out
     separator = OnnxSeparator(output)
-    audio = torch.randn(2, 3000)  # (b, t) mono, as the model takes it
+    assert separator.sample_rate == 8000 and separator.instruments == ["vocals"]
+    audio = torch.randn(2, 1, 3000)  # mono chunks, as the model takes them
     with torch.no_grad():
         reference = model(audio)
-    assert relative_error(separator(audio), reference) < 1e-4
+    assert relative_error(separator.separate_chunk(audio), reference) < 1e-4
+    mono = torch.randn(1, 7000).numpy()
+    assert separator.separate(mono, 8000)["vocals"].shape == (1, 7000)

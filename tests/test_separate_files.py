@@ -24,7 +24,7 @@ def write_config(path: Path, normalize: bool = False, instruments=("vocals",), t
     path.write_text(yaml.safe_dump({
         "audio": {"chunk_size": 2048, "sample_rate": RATE},
         "training": {"instruments": list(instruments), "target_instrument": target, "use_amp": True},
-        "inference": {"num_overlap": 2, "batch_size": 2, "normalize": normalize},
+        "inference": {"precision": "fp32", "num_overlap": 2, "batch_size": 2, "normalize": normalize},
         "model": {"dim": 16, "depth": 1, "num_stems": stems, "stft_n_fft": 256, "stft_hop_length": 64,
                   "stft_win_length": 256, "freqs_per_bands": [32, 32, 65], "mask_estimator_depth": 1},
     }))

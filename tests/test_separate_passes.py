@@ -27,7 +27,7 @@ def tiny_model(stems: int = 1) -> BSMamba2:
 
 def config(normalize: bool = False, instruments=("vocals",)) -> ConfigDict:
     return ConfigDict({"audio": {"chunk_size": 1024, "sample_rate": RATE},
-                       "inference": {"num_overlap": 4, "batch_size": 2, "normalize": normalize},
+                       "inference": {"precision": "fp32", "num_overlap": 4, "batch_size": 2, "normalize": normalize},
                        "training": {"instruments": list(instruments), "target_instrument": None, "use_amp": True}})
 
 
@@ -126,3 +126,30 @@ def test_bad_options_are_clear_errors():
         Separator(cfg, model=model, device="cpu").separate(noise(2, 100), RATE, shifts=2)
     with pytest.raises(ValueError, match="cannot use TTA or bigshifts"):
         Separator(cfg, model=model, device="cpu", use_tta=True).stream(2)
+
+
+def test_precision_setting_reaches_the_model_call():
+    """inference.precision / precision=: auto follows what the CPU reports; bf16 runs the model in bf16."""
+    import warnings
+
+    from bsmamba2_plugin.precision import cpu_native_bf16
+
+    model = tiny_model()
+    cfg = config()
+    cfg.inference.precision = "auto"
+    native, _ = cpu_native_bf16()
+    auto = Separator(cfg, model=model, device="cpu")
+    assert auto.precision.name == ("bf16" if native else "fp32")
+    seen = []
+    hook = model.register_forward_hook(lambda module, args, out: seen.append(torch.get_autocast_dtype("cpu")
+                                                                             if torch.is_autocast_enabled("cpu")
+                                                                             else None))
+    mixture = noise(2, 5000, seed=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 where it is not native warns that it is slow
+        low = Separator(cfg, model=model, device="cpu", precision="bf16").separate(mixture, RATE)["vocals"]
+    full = Separator(cfg, model=model, device="cpu", precision="fp32").separate(mixture, RATE)["vocals"]
+    hook.remove()
+    assert torch.bfloat16 in seen and None in seen
+    sdr = 10 * np.log10(np.sum(full ** 2) / np.sum((full - low) ** 2))
+    assert 20 < sdr < 200, sdr  # close to fp32, but really computed in bf16

@@ -29,7 +29,7 @@ def tiny_model() -> BSMamba2:
 
 def config(num_overlap: int, batch_size: int = 1) -> ConfigDict:
     return ConfigDict({"audio": {"chunk_size": 1024, "sample_rate": 8000},
-                       "inference": {"num_overlap": num_overlap, "batch_size": batch_size},
+                       "inference": {"precision": "fp32", "num_overlap": num_overlap, "batch_size": batch_size},
                        "training": {"instruments": ["vocals"], "target_instrument": None, "use_amp": True}})
 
 

@@ -381,12 +381,18 @@ def demix(model: torch.nn.Module, mixture: Any, config: Any, device: torch.devic
           **options: Any) -> dict[str, np.ndarray]:
     """Separate ``mixture`` (channels, samples) into {instrument: (channels, samples) float32}.
 
-    Same chunking, windowing, batching and border handling as MSST's ``demix`` (generic branch),
-    bit for bit; the model must already be on ``device``.
+    Same chunking, windowing, batching, border handling and precision as MSST's ``demix`` (generic
+    branch): float32, or float16 autocast on CUDA with ``training.use_amp``; bit for bit on the CPU.
+    The model must already be on ``device``.
     """
+    from bsmamba2_plugin.precision import Precision
+
     training = model.training
     try:
-        return Separator(config, model=model, device=device).demix(mixture, **options)
+        separator = Separator(config, model=model, device=device, precision="fp32")
+        if separator.device.type == "cuda" and separator.settings.use_amp:  # MSST: torch.cuda.amp.autocast
+            separator.precision = Precision("fp16", torch.float16, "fp16 autocast, as MSST's demix on CUDA")
+        return separator.demix(mixture, **options)
     finally:
         model.train(training)  # MSST's demix leaves the model's mode alone
 
