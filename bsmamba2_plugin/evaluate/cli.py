@@ -13,6 +13,7 @@ from bsmamba2_plugin.evaluate.run import evaluate_tracks
 from bsmamba2_plugin.evaluate.scoring import summarize
 from bsmamba2_plugin.evaluate.track_folders import find_tracks
 from bsmamba2_plugin.metrics import METRIC_NAMES
+from bsmamba2_plugin.separate.cli import add_engine_options, check_engine_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,16 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--extension", default="wav", help="audio extension of the track files (default wav)")
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA, else MPS, else CPU, as MSST), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--use_tta", action="store_true",
-                        help="MSST's test-time augmentation (plain, channel-swapped, polarity-inverted passes "
-                             "averaged), to measure what it buys")
-    parser.add_argument("--bigshifts", type=int, default=1, help="MSST's bigshifts: N circularly shifted passes")
-    parser.add_argument("--weights", choices=["auto", "raw", "ema"], default="auto",
-                        help="for a checkpoint holding both: the trained (raw) or the EMA weights "
-                             "(default auto: what the checkpoint's own tools load)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                        help="auto: bf16 where the device multiplies it natively, else fp32 "
-                             "(default: inference.precision in the YAML, else auto)")
+    add_engine_options(parser)
     parser.add_argument("--duration", type=float, default=None,
                         help="separate N-second non-overlapping segments independently (the paper's "
                              "input-length study); the trailing remainder is not evaluated")
@@ -58,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.config_path is None) == (args.estimates_folder is None):
         parser.error("give either --config_path (evaluate a model) or --estimates_folder (evaluate files)")
-    if args.bigshifts < 1:
-        parser.error(f"--bigshifts must be 1 or more, got {args.bigshifts}")
+    check_engine_options(parser, args)
     if args.duration is not None and args.duration <= 0:
         parser.error(f"--duration must be positive seconds, got {args.duration}")
     try:

@@ -16,6 +16,27 @@ UNSUPPORTED = {  # MSST flags this command does not implement, refused rather th
 }
 
 
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The separation engine's options, the same on every command that separates."""
+    parser.add_argument("--use_tta", action="store_true",
+                        help="MSST's test-time augmentation: also separate the channel-swapped and the "
+                             "polarity-inverted mixture, undo each and average the three (3x the time)")
+    parser.add_argument("--bigshifts", type=int, default=1,
+                        help="MSST's bigshifts: average N passes over the mixture circularly shifted by "
+                             "k*length/N samples (N times the time; default 1: off)")
+    parser.add_argument("--weights", choices=["auto", "raw", "ema"], default="auto",
+                        help="for a checkpoint holding both: the trained (raw) or the EMA weights "
+                             "(default auto: what the checkpoint's own tools load)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="auto: bf16 where the device multiplies it natively, else fp32 "
+                             "(default: inference.precision in the YAML, else auto)")
+
+
+def check_engine_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.bigshifts < 1:
+        parser.error(f"--bigshifts must be 1 or more, got {args.bigshifts}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bsmamba2_plugin.separate",
@@ -44,20 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "'{file_name}_{instr}' gives the older MSST names")
     parser.add_argument("--downmix", action="store_true",
                         help="average inputs with more than two channels into mono instead of refusing them")
-    parser.add_argument("--use_tta", action="store_true",
-                        help="MSST's test-time augmentation: also separate the channel-swapped and the "
-                             "polarity-inverted mixture, undo each and average the three (3x the time)")
-    parser.add_argument("--bigshifts", type=int, default=1,
-                        help="MSST's bigshifts: average N passes over the mixture circularly shifted by "
-                             "k*length/N samples (N times the time; default 1: off)")
+    add_engine_options(parser)
     parser.add_argument("--draw_spectro", type=float, default=0,
                         help="write a spectrogram picture <stem>.jpg of the first SECONDS of each stem")
-    parser.add_argument("--weights", choices=["auto", "raw", "ema"], default="auto",
-                        help="for a checkpoint holding both: the trained (raw) or the EMA weights "
-                             "(default auto: what the checkpoint's own tools load)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                        help="auto: bf16 where the device multiplies it natively, else fp32 "
-                             "(default: inference.precision in the YAML, else auto)")
     parser.add_argument("--lora_checkpoint_peft", default="", help=argparse.SUPPRESS)
     parser.add_argument("--lora_checkpoint_loralib", default="", help=argparse.SUPPRESS)
     return parser
@@ -84,8 +94,7 @@ def describe_separator(separator, files: int | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.bigshifts < 1:
-        parser.error(f"--bigshifts must be 1 or more, got {args.bigshifts}")
+    check_engine_options(parser, args)
     if args.draw_spectro < 0:
         parser.error(f"--draw_spectro must be 0 (off) or a number of seconds, got {args.draw_spectro:g}")
     for name, default in UNSUPPORTED.items():
