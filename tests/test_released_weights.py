@@ -301,7 +301,8 @@ def test_stream_command_with_msst_s_yaml(tmp_path: Path, model_type: str | None,
     sf.write(tmp_path / "song.wav", mixture.T, 44100, subtype="FLOAT")
     done = subprocess.run([sys.executable, "-m", "bsmamba2_plugin.separate.stream", "--config_path", str(config),
                            "--start_check_point", str(ckpt), "--input", str(tmp_path / "song.wav"), "--store_dir",
-                           str(tmp_path / "out"), "--device", "cpu"], capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "out"), "--device", "cpu", "--precision", "fp32"],
+                          capture_output=True, text=True, timeout=120)
     if not works:
         assert done.returncode == 2
         assert "training.model_type is 'bs_roformer'; this package runs BSMamba2 only" in done.stderr

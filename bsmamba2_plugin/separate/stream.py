@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, help="stdin: channel count (1 or 2)")
     parser.add_argument("--raw_format", choices=sorted(RAW_TYPES), default="f32le")
     parser.add_argument("--block_seconds", type=float, default=0.1, help="how much is read at a time")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="auto: bf16 where the device multiplies it natively, else fp32 "
+                             "(default: inference.precision in the YAML, else auto)")
     args = parser.parse_args(argv)
 
     from bsmamba2_plugin.separate.cli import describe_separator
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from bsmamba2_plugin.separate.stem_writer import StemFiles
 
     try:
-        separator = Separator(args.config_path, args.start_check_point or None, device=args.device)
+        separator = Separator(args.config_path, args.start_check_point or None, device=args.device,
+                              precision=args.precision)
         rate = separator.sample_rate
         if args.input == "-":
             if args.sample_rate is None or args.channels is None:
