@@ -164,9 +164,8 @@ class OverlapAdd:
 
     def _process(self, first: int, last: int, final: bool, end: int | None) -> np.ndarray:
         s = self.schedule
-        total = end if end is not None else None
         starts = [k * s.step for k in range(first, last + 1)]
-        lengths = [s.chunk if total is None else min(s.chunk, total - start) for start in starts]
+        lengths = [s.chunk if end is None else min(s.chunk, end - start) for start in starts]
         parts = []
         for start, length in zip(starts, lengths):
             a = start - self.pending_start
@@ -187,7 +186,7 @@ class OverlapAdd:
                 self.result[..., o:o + length] += estimates[j, ..., :length] * window[..., :length]
                 self.counter[o:o + length] += window[..., :length]
 
-        final_until = total if final else (last + 1) * s.step
+        final_until = end if final else (last + 1) * s.step
         emit_from = max(self.offset, self.buffer_start)
         emit_to = min(final_until, self.offset + self.received)
         block = self._empty()

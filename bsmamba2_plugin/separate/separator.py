@@ -197,20 +197,15 @@ class Separator:
         schedule = None
         length = array.shape[1]
         if segment_seconds is not None:
-            schedule, model_input = self._segments(prepared.model_input, settings, segment_seconds)
-            prepared.model_input = model_input
-            length = round(model_input.frames * sample_rate / settings.sample_rate)
-            if isinstance(prepared.mixture, ArraySource):
-                prepared.mixture = ArraySource(prepared.mixture.data[:, :length], sample_rate)
+            # the instrumental reads the mixture only as far as the stems go, so it needs no cut
+            schedule, prepared.model_input = self._segments(prepared.model_input, settings, segment_seconds)
+            length = round(prepared.model_input.frames * sample_rate / settings.sample_rate)
         names = list(settings.instruments)
         instrumental = _instrumental_source(names, extract_instrumental)
         writer = StemArrays(names + (["instrumental"] if instrumental else []), prepared.mixture.channels)
         output = StemOutput(writer, names, prepared, settings.sample_rate, length, instrumental)
         self._separate_source(prepared.model_input, settings, output.write, schedule, progress=progress)
-        result = output.finish()
-        if segment_seconds is not None and sample_rate == settings.sample_rate:
-            result = {name: stem[:, :length] for name, stem in result.items()}
-        return result
+        return output.finish()
 
     @staticmethod
     def _segments(source: Any, settings: InferenceSettings, seconds: float) -> tuple[ChunkSchedule, Any]:
@@ -349,9 +344,7 @@ class StreamingSeparator:
         return self.core.received
 
     def push(self, block: np.ndarray) -> np.ndarray:
-        block = np.asarray(block, dtype=np.float32)
-        if block.ndim != 2 or block.shape[0] != self.channels:
-            raise ValueError(f"blocks must be ({self.channels}, samples) float; got {block.shape}")
+        block = np.asarray(block, dtype=np.float32)  # the core checks the shape
         if not np.isfinite(block).all():
             raise ValueError("audio block contains NaN or infinite samples")
         return self.core.push(block)

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from bsmamba2_plugin.settings import DEFAULT_SAMPLE_RATE
+
 from .errors import TrainingConfigError
 
 BASIC_PER_STEM = ("channel_shuffle", "random_inverse", "random_polarity")
@@ -161,11 +163,11 @@ class Augmentations:
     per_stem: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # instrument -> basic key -> p
     effects: Mapping[str, tuple[StemEffect, ...]] = field(default_factory=dict)  # instrument -> effects
     mixture_mp3: StemEffect | None = None
-    sample_rate: int = 44100
+    sample_rate: int = DEFAULT_SAMPLE_RATE
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None, instruments: list[str],
-                    sample_rate: int = 44100) -> Augmentations:
+                    sample_rate: int = DEFAULT_SAMPLE_RATE) -> Augmentations:
         if not section or not section.get("enable", False):
             return cls()
         section = dict(section)
