@@ -161,8 +161,12 @@ class OnnxChunkModel(nn.Module):
         # onnxruntime's arena keeps every size it ever handed out: on the paper model's 8 s chunk
         # (activations of up to 1 GB each) it grew past 23 GB; plain allocations peak at about 7 GB.
         options.enable_cpu_mem_arena = False
-        self.session = onnxruntime.InferenceSession(str(onnx_path), options,
-                                                    providers=list(providers or ["CPUExecutionProvider"]))
+        try:
+            self.session = onnxruntime.InferenceSession(str(onnx_path), options,
+                                                        providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as error:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...)
+            raise ValueError(f"{onnx_path} is not an ONNX model onnxruntime can load (expected a file written "
+                             f"by bsmamba2_plugin.onnx_export): {error}") from error
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
             self.chunk_samples = int(meta["bsmamba2.chunk_samples"])

@@ -109,6 +109,9 @@ def test_bad_inputs_are_named(exported, tmp_path):
         separator.separate(torch.zeros(3, 100).numpy(), 44100)
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         OnnxSeparator(tmp_path / "missing.onnx")
+    (tmp_path / "song.onnx").write_bytes(b"RIFF not a graph")
+    with pytest.raises(ValueError, match="song.onnx is not an ONNX model onnxruntime can load"):
+        OnnxSeparator(tmp_path / "song.onnx")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         export_onnx(model, tmp_path / "no_such_folder" / "x.onnx", chunk_samples=CHUNK)
     with pytest.raises(ValueError, match="chunk_samples"):

@@ -228,6 +228,11 @@ def test_cli_setup_errors_are_clear(setup, tmp_path, capsys):
     torch.save(other.state_dict(), tmp_path / "two_stems.ckpt")
     assert cli_main(base + ["--start_check_point", str(tmp_path / "two_stems.ckpt")]) == 2
     assert "does not fit the model" in capsys.readouterr().err
+    (tmp_path / "nothing").mkdir()
+    empty = ["--config_path", str(config_path), "--input_folder", str(tmp_path / "nothing"),
+             "--store_dir", str(tmp_path / "out"), "--device", "cpu"]
+    assert cli_main(empty) == 2
+    assert "holds no files to separate" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(base + ["--lora_checkpoint_peft", "x.bin"])
     assert "does not support" in capsys.readouterr().err

@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         output_format.subtype  # noqa: B018 - validates the format before the model loads
         inputs = list_inputs(Path(args.input_folder))
+        if not inputs:
+            raise ValueError(f"--input_folder {args.input_folder} holds no files to separate")
         separator = Separator(args.config_path, args.start_check_point or None, device=device,
                               precision=args.precision, use_tta=args.use_tta, bigshifts=args.bigshifts,
                               weights=args.weights)
