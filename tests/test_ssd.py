@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bsmamba2_plugin.model.ssd import padded_length, ssd_chunked, ssd_reference, ssd_sequential
+from bsmamba2_plugin.model.ssd import padded_length, ssd_chunked, ssd_graph, ssd_reference, ssd_sequential
 
 
 def scan_inputs(length: int, batch: int = 2, heads: int = 4, headdim: int = 8, groups: int = 2, d_state: int = 16,
@@ -87,6 +87,8 @@ def test_reference_form_equals_the_recurrence_and_the_tuned_scan(length: int, ch
     with torch.no_grad():  # the tuned scan's in-place inference path
         tuned = ssd_chunked(x, a, B, C, chunk_size)
     assert ((tuned - reference).abs().max() / reference.abs().max()).item() < 1e-9
+    graph = ssd_graph(x, a, B, C, chunk_size)  # the form the ONNX export traces
+    assert ((graph - reference).abs().max() / reference.abs().max()).item() < 1e-9
 
 
 def test_reference_form_gradients_are_finite_and_exact() -> None:

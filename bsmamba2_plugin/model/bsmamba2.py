@@ -26,7 +26,7 @@ from beartype import BeartypeConf, beartype
 from torch import Tensor, nn
 
 from .backend import check_backend, use_mamba_ssm
-from .mamba2 import Mamba2, RMSNorm, fp32_or_wider, mix_and_project
+from .mamba2 import Mamba2, RMSNorm, fp32_or_wider, mix_and_project, per_mixer_matmul
 from .ssd import padded_length
 
 # BS-RoFormer's split of 1025 bins (n_fft 2048): 24 x 2, 12 x 4, 8 x 12, 8 x 24, 8 x 48, 128, 129.
@@ -48,7 +48,7 @@ class BandRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=-1) * self.scale * self.gamma
+        return F.normalize(fp32_or_wider(x), dim=-1) * self.scale * self.gamma
 
 
 def runs_of_equal_width(widths: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -180,7 +180,7 @@ class BidirectionalMamba(nn.Module):
         inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l)).view(2, b * padded, d)
         # Weights laid out (k, in, out) contiguously: a strided operand halves bmm's speed on CPU.
         w_in = torch.stack([(mx.in_proj.weight * block.norm.weight).t() for mx, block in zip(mixers, blocks)])
-        zxbcdt = torch.bmm(inputs, w_in.to(inputs.dtype)).view(2, b, padded, -1)
+        zxbcdt = per_mixer_matmul(inputs, w_in.to(inputs.dtype)).view(2, b, padded, -1)
         out = mix_and_project(mixers, zxbcdt)[:, :, :l]  # (2 b l d)
         return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)
 

@@ -11,9 +11,10 @@ only the (d_state x headdim) state is carried. Everything here runs in float32 (
 casts): decays are products of many factors below one.
 `ssd_reference` is the same chunked algorithm in its plain form, every chunk at once, named as
 in the paper (L = exp(segsum(A)), Y = (L o C B^T) X inside a chunk, states passed between
-chunks): no Python loop over heads or chunks, so it is also the form the ONNX export traces
-(a graph that does not grow with either). `ssd_sequential` is the recurrence as a loop: the
-reference the tests hold both chunked forms to, and the baseline of the speed benchmark.
+chunks), with no Python loop over heads or chunks. `ssd_graph` is the chunk-by-chunk algorithm
+as the ONNX export traces it: the loop over chunks one `scan` (an ONNX Scan node), heads batched,
+so the graph grows with neither. `ssd_sequential` is the recurrence as a loop: the reference the
+tests hold the three chunked forms to, and the baseline of the speed benchmark.
 """
 from __future__ import annotations
 
@@ -151,6 +152,63 @@ def ssd_reference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -
     Y_off = torch.exp(A_cumsum)[..., None] * (C @ states.permute(0, 3, 1, 2, 4, 5))  # (b c g hg q p)
     Y = (Y_diag + Y_off).permute(0, 1, 4, 2, 3, 5).reshape(b, padded, h, p)
     return Y[:, :l]
+
+
+def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Tensor:
+    """`ssd_chunked`'s chunk by chunk algorithm in the form an ONNX graph runs well (the export traces
+    this one; arguments and result as `ssd_chunked`).
+
+    The loop over chunks is a `scan` (one ONNX Scan node: the graph does not grow with chunks), the
+    heads are batched in every product, and the state passes from one chunk to the next as in the
+    recurrence: no (chunks x chunks) products, no transposes of the (n x heads x headdim) states,
+    and only one chunk's temporaries alive at a time (the all-chunks form needed gigabytes at 8 s).
+    """
+    from torch._higher_order_ops.scan import scan
+
+    b, l, h, p = x.shape
+    g, n = B.shape[-2:]
+    hg = h // g
+    padded = padded_length(l, chunk_size)
+    q = min(padded, chunk_size)
+    c = padded // q
+    x, a, B, C = (_pad_time(t, padded - l) for t in (x, a, B, C))
+    # Chunk-major, so that the scan runs over the leading axis.
+    xs = x.view(b, c, q, g, hg, p).transpose(0, 1)  # (c b q g hg p)
+    a_cum = a.view(b, c, q, g, hg).cumsum(2).transpose(0, 1)  # (c b q g hg)
+    Bs = B.view(b, c, q, g, n).transpose(0, 1)  # (c b q g n)
+    Cs = C.view(b, c, q, g, n).transpose(0, 1)
+
+    def one_chunk(state: Tensor | None, x_j: Tensor, a_j: Tensor, B_j: Tensor, C_j: Tensor) -> tuple[Tensor, Tensor]:
+        B_g, C_g = B_j.transpose(1, 2), C_j.transpose(1, 2)  # (b g q n)
+        # Inside the chunk: Y = (L o C B^T) X, L_ts = exp(a_cum_t - a_cum_s) for s <= t.
+        a_heads = a_j.permute(0, 2, 3, 1)  # (b g hg q)
+        causal = torch.ones(q, q, dtype=torch.bool, device=x_j.device).tril()
+        L = torch.exp((a_heads[..., :, None] - a_heads[..., None, :]).masked_fill(~causal, float("-inf")))
+        scores = L * (C_g @ B_g.transpose(-1, -2)).unsqueeze(2)  # (b g hg q q)
+        y = (scores @ x_j.permute(0, 2, 3, 1, 4)).permute(0, 3, 1, 2, 4)  # (b q g hg p)
+        if state is not None:  # from the chunks before: exp(a_cum_t) C_t^T state
+            carried = (C_g @ state).view(b, g, q, hg, p).transpose(1, 2)  # (b q g hg p)
+            y = y + carried * torch.exp(a_j).unsqueeze(-1)
+        # The state at the chunk's end: the decayed old state plus B^T (x decayed to the chunk's end).
+        to_end = torch.exp(a_j[:, -1:] - a_j).unsqueeze(-1)  # (b q g hg 1)
+        weighted = (x_j * to_end).transpose(1, 2).reshape(b, g, q, hg * p)
+        new_state = B_g.transpose(-1, -2) @ weighted  # (b g n hg*p)
+        if state is not None:
+            chunk_decay = torch.exp(a_j[:, -1]).view(b, g, 1, hg, 1)
+            new_state = new_state + (state.view(b, g, n, hg, p) * chunk_decay).view(b, g, n, hg * p)
+        return new_state, y
+
+    if c == 1:
+        y = one_chunk(None, xs[0], a_cum[0], Bs[0], Cs[0])[1].unsqueeze(0)
+    else:
+        first_state, y_first = one_chunk(None, xs[0], a_cum[0], Bs[0], Cs[0])
+
+        def step(state: Tensor, inputs: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+            return one_chunk(state, *inputs)
+
+        _, y_rest = scan(step, first_state, (xs[1:], a_cum[1:], Bs[1:], Cs[1:]))
+        y = torch.cat([y_first.unsqueeze(0), y_rest])  # (c b q g hg p)
+    return y.transpose(0, 1).reshape(b, padded, h, p)[:, :l]
 
 
 def ssd_sequential(x: Tensor, a: Tensor, B: Tensor, C: Tensor) -> Tensor:
