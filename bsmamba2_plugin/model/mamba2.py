@@ -181,8 +181,11 @@ def per_mixer_matmul(x: Tensor, weights: Tensor) -> Tensor:
 
 
 def split_last(t: Tensor, sizes: Sequence[int]) -> list[Tensor]:
-    """`t.split(sizes, dim=-1)` as narrow views: the same views eagerly, and in an ONNX graph plain
-    Slice nodes instead of SplitToSequence, which onnxruntime runs several times slower."""
+    """`t.split(sizes, dim=-1)`; in an ONNX graph as narrow slices, which export as plain Slice nodes
+    instead of SplitToSequence, which onnxruntime runs several times slower. (Eagerly split stays:
+    its backward writes one gradient, where each narrow's would fill a full-size zero tensor.)"""
+    if not torch.compiler.is_exporting():
+        return list(t.split(list(sizes), dim=-1))
     starts = [0]
     for size in sizes[:-1]:
         starts.append(starts[-1] + size)
