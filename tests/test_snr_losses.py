@@ -224,30 +224,47 @@ LIBRARY_SCRIPT = r"""
 import json, sys, numpy as np, torch
 import torch_l1_snr, torch_log_wmse
 data = np.load(sys.argv[1]); full = sys.argv[2] == "full"
-est, ref, mix = (torch.from_numpy(data[k]) for k in ("est", "ref", "mix"))
-out = {"l1_snr": float(torch_l1_snr.L1SNRLoss(name="a")(est, ref)),
-       "l1_snr_db": float(torch_l1_snr.L1SNRDBLoss(name="b")(est, ref)),
-       "log_wmse": float(torch_log_wmse.LogWMSE(sample_rate=44100)(mix, est.transpose(1, 2), ref.transpose(1, 2)))}
+ref, mix, probe = (torch.from_numpy(data[k]) for k in ("ref", "mix", "probe"))
+losses = {"l1_snr": torch_l1_snr.L1SNRLoss(name="a"), "l1_snr_db": torch_l1_snr.L1SNRDBLoss(name="b"),
+          "log_wmse": lambda e, r: torch_log_wmse.LogWMSE(sample_rate=44100)(mix, e.transpose(1, 2), r.transpose(1, 2))}
 if full:
-    out["stft_l1_snr_db"] = float(torch_l1_snr.STFTL1SNRDBLoss(name="c")(est, ref))
-    out["multi_l1_snr_db"] = float(torch_l1_snr.MultiL1SNRDBLoss(name="d")(est, ref))
+    losses["stft_l1_snr_db"] = torch_l1_snr.STFTL1SNRDBLoss(name="c")
+    losses["multi_l1_snr_db"] = torch_l1_snr.MultiL1SNRDBLoss(name="d")
+out = {}
+for name, loss in losses.items():
+    est = torch.from_numpy(data["est"]).requires_grad_()
+    value = loss(est, ref)
+    value.backward()
+    out[name] = [float(value), float((est.grad * probe).sum())]  # the gradient, seen along a fixed direction
 print(json.dumps(out))
 """
 
+OURS = {"l1_snr": snr_losses.l1_snr, "l1_snr_db": snr_losses.l1_snr_db, "stft_l1_snr_db": snr_losses.stft_l1_snr_db,
+        "multi_l1_snr_db": snr_losses.multi_l1_snr_db}
 
-def library_values(python: str, env: dict, tmp_path: Path, full: bool):
-    est, ref = pair(shape=(2, 2, 2, 44100))  # (batch, stems, channels, time)
-    mix = ref.sum(1)
-    np.savez(tmp_path / "a.npz", est=est, ref=ref, mix=mix)
+
+def library_values(python: str, env: dict, tmp_path: Path, full: bool, samples: int = 44100):
+    est, ref = pair(shape=(2, 2, 2, samples))  # (batch, stems, channels, time)
+    mix, probe = ref.sum(1), pair(shape=est.shape, seed=7)[0]
+    np.savez(tmp_path / "a.npz", est=est, ref=ref, mix=mix, probe=probe)
     done = subprocess.run([python, "-c", LIBRARY_SCRIPT, str(tmp_path / "a.npz"), "full" if full else "time"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     theirs = json.loads(done.stdout.strip().splitlines()[-1])
-    e, r, m = t(est), t(ref), t(mix)
-    ours = {"l1_snr": snr_losses.l1_snr(e, r), "l1_snr_db": snr_losses.l1_snr_db(e, r),
-            "log_wmse": snr_losses.log_wmse(m, e.transpose(1, 2), r.transpose(1, 2)),
-            "stft_l1_snr_db": snr_losses.stft_l1_snr_db(e, r), "multi_l1_snr_db": snr_losses.multi_l1_snr_db(e, r)}
-    return theirs, {k: float(v) for k, v in ours.items()}
+    ours = {}
+    for name in theirs:
+        e = t(est).requires_grad_()
+        value = (snr_losses.log_wmse(t(mix), e.transpose(1, 2), t(ref).transpose(1, 2)) if name == "log_wmse"
+                 else OURS[name](e, t(ref)))
+        value.backward()
+        ours[name] = [float(value), float((e.grad * t(probe)).sum())]
+    return theirs, ours
+
+
+def assert_same(theirs: dict, ours: dict) -> None:
+    for name, (value, gradient) in theirs.items():
+        assert ours[name][0] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+        assert ours[name][1] == pytest.approx(gradient, rel=1e-5, abs=1e-6), name
 
 
 def test_time_domain_l1_snr_and_log_wmse_equal_the_libraries(tmp_path):
@@ -257,18 +274,17 @@ def test_time_domain_l1_snr_and_log_wmse_equal_the_libraries(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(STAND_IN)])}
     theirs, ours = library_values(sys.executable, env, tmp_path, full=False)
     assert set(theirs) == {"l1_snr", "l1_snr_db", "log_wmse"}
-    for name, value in theirs.items():
-        assert ours[name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+    assert_same(theirs, ours)
 
 
 @pytest.mark.skipif(not os.environ.get("LOSS_REFERENCE_PYTHON"),
                     reason="LOSS_REFERENCE_PYTHON (a python with torchaudio, torch-l1-snr, torch-log-wmse) is not set")
 def test_every_quantity_equals_the_libraries_with_real_torchaudio(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    theirs, ours = library_values(os.environ["LOSS_REFERENCE_PYTHON"], env, tmp_path, full=True)
-    assert len(theirs) == 5
-    for name, value in theirs.items():
-        assert ours[name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+    for samples in (44100, 800, 400):  # all resolutions; 2048 dropped; the time-domain fallback
+        theirs, ours = library_values(os.environ["LOSS_REFERENCE_PYTHON"], env, tmp_path, full=True, samples=samples)
+        assert len(theirs) == 5
+        assert_same(theirs, ours)
 
 
 # ------------------------------------------------------------------------------ the trainer
