@@ -268,42 +268,32 @@ def bleedless_fullness(reference: np.ndarray, estimate: np.ndarray, sample_rate:
     return 100.0 / (mean_positive + 1.0), 100.0 / (-mean_negative + 1.0)
 
 
-def _optional(module: str, metric: str, extra: str):
-    try:
-        return __import__(module, fromlist=["_"])
-    except Exception as error:  # noqa: BLE001 - torchaudio that does not load raises OSError, not ImportError
-        raise RuntimeError(
-            f"metric {metric} needs {module} ({extra}), which does not import here: {error}"
-        ) from error
-
-
 def log_wmse(reference: np.ndarray, estimate: np.ndarray, mixture: np.ndarray, sample_rate: int = 44100) -> float:
-    """MSST's LogWMSE_metric through torch-log-wmse (>= 1.0 API: LogWMSE(sample_rate)), higher is better.
+    """MSST's LogWMSE_metric: torch-log-wmse's LogWMSE (bsmamba2_plugin.snr_losses), higher is better.
 
     MSST's own call uses the pre-1.0 arguments (audio_length, return_as_loss), which torch-log-wmse 1.x
     refuses; the quantity is the same: the log of the frequency-weighted MSE of (estimate - reference),
-    scaled by the mixture's RMS, per channel."""
+    scaled by the mixture's power, per channel."""
     import torch
 
-    module = _optional("torch_log_wmse", "log_wmse", "pip install torch-log-wmse; it imports torchaudio")
+    from bsmamba2_plugin import snr_losses
+
     ref, est = _torch_pair(reference, estimate)
     mix = torch.from_numpy(np.asarray(mixture, dtype=np.float32).reshape(ref.shape))
-    metric = module.LogWMSE(sample_rate=sample_rate)
     # [batch, channel, time] and [batch, channel, stem, time]
-    return float(metric(mix[None], est[None, :, None], ref[None, :, None]))
+    return float(snr_losses.log_wmse(mix[None], est[None, :, None], ref[None, :, None], sample_rate))
 
 
 def l1_snr(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """MSST's MultiL1SNRDB_metric: minus torch-l1-snr's MultiL1SNRDBLoss(weight 1, spec_weight 0.5,
-    l1_weight 0, time regularisation on, spectral off), so higher is better."""
+    """MSST's MultiL1SNRDB_metric: minus torch-l1-snr's MultiL1SNRDBLoss with MSST's arguments (weight 1,
+    spec_weight 0.5, l1_weight 0, time regularisation on, spectral off: the defaults), higher is better."""
     import torch
 
-    module = _optional("torch_l1_snr", "l1_snr", "pip install torch-l1-snr; it needs a torchaudio matching torch")
+    from bsmamba2_plugin import snr_losses
+
     ref, est = _torch_pair(reference, estimate)
-    loss = module.MultiL1SNRDBLoss(name="l1_snr_metric", weight=1.0, spec_weight=0.5, l1_weight=0.0,
-                                   use_time_regularization=True, use_spec_regularization=False)
     with torch.no_grad():
-        return -float(loss(est[None], ref[None]))
+        return -float(snr_losses.multi_l1_snr_db(est[None], ref[None]))
 
 
 # name -> higher is better. "sdr" is MSST's sdr (our usdr); csdr and leakage are ours.

@@ -16,8 +16,8 @@ pip -c /tmp/bsmamba2-constraints.txt ./registry ./compat -e ".[test]"
 # The real MSST package, for the compatibility and separation tests.
 pip --no-deps msst==0.1.0 torch-log-wmse==1.1.0
 pip -c /tmp/bsmamba2-constraints.txt omegaconf librosa wandb rotary-embedding-torch
-# torch-l1-snr (MSST's l1_snr losses/metric) requires torchaudio, and pip's newest torchaudio does not
-# load with torch 2.13: install it without dependencies, so the tests see the real "needs torchaudio" error.
+# torch-l1-snr requires torchaudio, and pip's newest torchaudio does not load with torch 2.13: install it
+# without dependencies; tests/test_snr_losses.py compares its time-domain losses with ours (torchaudio stand-in).
 pip --no-deps torch-l1-snr==0.2.1
 
 # museval imports stempeg, which needs the ffmpeg and ffprobe programs.

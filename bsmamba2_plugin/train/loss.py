@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bsmamba2_plugin import snr_losses
 from bsmamba2_plugin.settings import sample_rate
 
 from .errors import TrainingConfigError
@@ -75,9 +76,9 @@ class PaperLoss(nn.Module):
 MSST_LOSSES = ("masked_loss", "mse_loss", "l1_loss", "multistft_loss", "spec_masked_loss", "spec_rmse_loss",
                "log_wmse_loss", "l1_snr_loss", "l1_snr_db_loss", "stft_l1_snr_db_loss", "multi_l1_snr_db_loss")
 COEF_DEFAULTS = {name: (0.001 if name == "multistft_loss" else 1.0) for name in MSST_LOSSES}
-L1_SNR_CLASSES = {"l1_snr_loss": ("L1SNRLoss", "l1_snr"), "l1_snr_db_loss": ("L1SNRDBLoss", "l1_snr_db"),
-                  "stft_l1_snr_db_loss": ("STFTL1SNRDBLoss", "stft_l1_snr_db"),
-                  "multi_l1_snr_db_loss": ("MultiL1SNRDBLoss", "multi_l1_snr_db")}
+# torch-l1-snr's classes with MSST's arguments (name only: the libraries' defaults), in plain torch
+L1_SNR_LOSSES = {"l1_snr_loss": snr_losses.l1_snr, "l1_snr_db_loss": snr_losses.l1_snr_db,
+                 "stft_l1_snr_db_loss": snr_losses.stft_l1_snr_db, "multi_l1_snr_db_loss": snr_losses.multi_l1_snr_db}
 
 
 def quantile_masked_mean(loss: Tensor, q: float) -> Tensor:
@@ -161,15 +162,12 @@ class MSSTLoss(nn.Module):
                 raise TrainingConfigError(f"the loss_multistft section {options} does not fit auraloss's "
                                           f"MultiResolutionSTFTLoss: {error}") from error
         if "log_wmse_loss" in self.names:
-            module = _import_loss_library("torch_log_wmse", "log_wmse_loss", "pip install torch-log-wmse")
-            self.terms["log_wmse_loss"] = module.LogWMSELoss(
-                sample_rate=sample_rate(config),
-                bypass_filter=bool(training.get("bypass_filter", False)))
-        for name in self.names:
-            if name in L1_SNR_CLASSES:
-                module = _import_loss_library("torch_l1_snr", name, 'pip install "bsmamba2-plugin[losses]"')
-                class_name, label = L1_SNR_CLASSES[name]
-                self.terms[name] = getattr(module, class_name)(name=label)
+            self.log_wmse_rate = sample_rate(config)
+            self.bypass_filter = bool(training.get("bypass_filter", False))
+            try:
+                snr_losses.check_log_wmse_available(self.log_wmse_rate, self.bypass_filter)
+            except (RuntimeError, ValueError) as error:
+                raise TrainingConfigError(f"--loss log_wmse_loss: {error}") from error
 
     def describe(self) -> str:
         return " + ".join(f"{self.coefficients[n]:g} x {n}" for n in self.names) + " (MSST's --loss)"
@@ -197,9 +195,10 @@ class MSSTLoss(nn.Module):
         if name == "log_wmse_loss":
             if mixture is None:
                 raise ValueError("log_wmse_loss needs the mixture")
-            # torch-log-wmse 1.x layout: mixture [batch, channel, time], stems [batch, channel, stem, time]
-            return self.terms[name](mixture, estimate.transpose(1, 2), reference.transpose(1, 2))
-        return self.terms[name](estimate, reference)
+            # torch-log-wmse's layout: mixture [batch, channel, time], stems [batch, channel, stem, time]
+            return -snr_losses.log_wmse(mixture, estimate.transpose(1, 2), reference.transpose(1, 2),
+                                        self.log_wmse_rate, self.bypass_filter)
+        return L1_SNR_LOSSES[name](estimate, reference)
 
     def forward(self, estimate: Tensor, reference: Tensor, mixture: Tensor | None = None) -> Tensor:
         if estimate.shape != reference.shape:
@@ -212,12 +211,3 @@ class MSSTLoss(nn.Module):
                 total = total + self.term(name, estimate, reference, mixture) * self.coefficients[name]
         return total
 
-
-def _import_loss_library(module: str, loss: str, hint: str):
-    try:
-        return __import__(module)
-    except Exception as error:  # noqa: BLE001 - a torchaudio that does not load raises OSError
-        raise TrainingConfigError(
-            f"--loss {loss} needs {module}, which does not import here ({error}); {hint}. Both it and "
-            f"torch-log-wmse import torchaudio, which must match the installed torch"
-        ) from error

@@ -1,0 +1,191 @@
+"""MSST's l1_snr family (torch-l1-snr 0.2) and logWMSE (torch-log-wmse 1.x) in plain torch.
+
+Both libraries import torchaudio at import time, and no torchaudio loads with the torch this
+project runs on; the formulas themselves need only torch.stft and torch.fft. Each quantity is
+written once here and used by the trainer's `--loss` (train/loss.py) and by `--metrics`
+(metrics.py). Only the settings MSST uses are offered: the libraries' defaults (l1_weight 0,
+no spectral level-matching, grad_scale 1, p 0, reduction "mean").
+
+Inputs are batch-first, e.g. (batch, stems, channels, samples); values are per batch item, then
+the batch mean, as the libraries reduce.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+L1SNR_EPS = 1e-3
+DBRMS_EPS = 1e-8
+LEVEL_LAMBDA0, LEVEL_DELTA_LAMBDA, LEVEL_MIN_DB = 0.1, 0.9, -60.0
+STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))  # (n_fft = win_length, hop)
+STFT_MIN_SAMPLES = 512
+
+LOG_WMSE_SCALER, LOG_WMSE_EPS, LOG_WMSE_RMS_EPS = -4.0, 1e-8, 1e-8
+LOG_WMSE_IR_RATE = 44100
+_IR_FILE, _IR_TAPS = "filter_ir.f32", 4000
+_IR_SHA256 = "bc9950e4f6be2846bf178017a5cca1e5407244d7b255d60de17b882f304998ab"
+
+
+def _check_pair(estimate: Tensor, reference: Tensor) -> None:
+    if estimate.shape != reference.shape:
+        raise ValueError(f"estimate {tuple(estimate.shape)} and reference {tuple(reference.shape)} differ in shape")
+    if estimate.dim() < 2 or estimate.numel() == 0:
+        raise ValueError(f"expected non-empty batch-first tensors, got shape {tuple(estimate.shape)}")
+
+
+def _d1(error: Tensor, level: Tensor, eps: float = L1SNR_EPS) -> Tensor:
+    """Per-row 10 log10((mean|error| + eps) / (mean|level| + eps)), rows = dim 0."""
+    error, level = error.reshape(error.shape[0], -1), level.reshape(level.shape[0], -1)
+    return 10.0 * torch.log10((error.abs().mean(dim=1) + eps) / (level.abs().mean(dim=1) + eps))
+
+
+def l1_snr(estimate: Tensor, reference: Tensor) -> Tensor:
+    """torch-l1-snr L1SNRLoss: batch mean of the D1 in dB (lower is better)."""
+    _check_pair(estimate, reference)
+    return _d1(estimate - reference, reference).mean()
+
+
+def dbrms(x: Tensor, eps: float = DBRMS_EPS) -> Tensor:
+    """Per batch item 20 log10 sqrt(mean x^2 + eps): eps inside the root sets silence at -80 dB."""
+    x = x.reshape(x.shape[0], -1)
+    return 20.0 * torch.log10(torch.sqrt(x.square().mean(dim=1) + eps))
+
+
+def level_matching(estimate: Tensor, reference: Tensor) -> Tensor:
+    """The adaptive level-matching term lambda * |L_est - L_ref| (arXiv:2501.16171), batch mean.
+
+    lambda = lambda0 + delta * eta * clamp(R / (L_ref - L_min), 0, 1), eta = 1 only when the
+    reference is louder than both the estimate and L_min; lambda carries no gradient."""
+    level_ref, level_est = dbrms(reference), dbrms(estimate)
+    gap = (level_est - level_ref).abs()
+    louder = (level_ref > torch.clamp_min(level_est, LEVEL_MIN_DB)).to(gap.dtype)
+    ratio = (gap / (level_ref - LEVEL_MIN_DB).clamp_min(1e-6)).clamp(0.0, 1.0)
+    weight = (LEVEL_LAMBDA0 + louder * LEVEL_DELTA_LAMBDA * ratio).detach()
+    return (weight * gap).mean()
+
+
+def l1_snr_db(estimate: Tensor, reference: Tensor) -> Tensor:
+    """torch-l1-snr L1SNRDBLoss: L1SNR plus the level-matching term (coefficient 1)."""
+    _check_pair(estimate, reference)
+    return l1_snr(estimate, reference) + level_matching(estimate, reference)
+
+
+@lru_cache(maxsize=None)
+def _unit_hann(n_fft: int) -> Tensor:
+    # the library scales the window to unit L2 norm instead of normalized=True, from the float32 window
+    # in float64: a float64 Hann differs in the last bits, which moved the gradient by 5e-4 (relative,
+    # n_fft 2048 on 1 s) against the library's while the value agreed to 1e-7
+    window = torch.hann_window(n_fft).double()
+    return (window / window.square().sum().sqrt()).float()
+
+
+def stft_l1_snr_db(estimate: Tensor, reference: Tensor) -> Tensor:
+    """torch-l1-snr STFTL1SNRDBLoss: mean over resolutions of the batch mean of D1(real) + D1(imag).
+
+    Complex STFTs of every (stem, channel) signal, Hann windows of unit norm, center with reflect
+    padding. A resolution is skipped when the signal is shorter than n_fft // 2 + 1; with none left,
+    or fewer than 512 samples, it is the time-domain l1_snr, as the library falls back. Non-finite
+    input is replaced as the library does (NaN 0, +-inf +-1)."""
+    _check_pair(estimate, reference)
+    if not (torch.isfinite(estimate).all() and torch.isfinite(reference).all()):
+        estimate = torch.nan_to_num(estimate, nan=0.0, posinf=1.0, neginf=-1.0)
+        reference = torch.nan_to_num(reference, nan=0.0, posinf=1.0, neginf=-1.0)
+    batch, samples = estimate.shape[0], estimate.shape[-1]
+    usable = [(n, hop) for n, hop in STFT_RESOLUTIONS if samples >= n // 2 + 1] if samples >= STFT_MIN_SAMPLES else []
+    if not usable:
+        return l1_snr(estimate, reference)
+    total = estimate.new_zeros(())
+    for n_fft, hop in usable:
+        window = _unit_hann(n_fft).to(device=estimate.device, dtype=estimate.dtype)
+
+        def spectrum(x: Tensor) -> Tensor:
+            return torch.stft(x.reshape(-1, samples), n_fft=n_fft, hop_length=hop, win_length=n_fft, window=window,
+                              center=True, pad_mode="reflect", normalized=False, onesided=True,
+                              return_complex=True).reshape(batch, -1)
+
+        est, ref = spectrum(estimate), spectrum(reference)
+        total = total + (_d1(est.real - ref.real, ref.real) + _d1(est.imag - ref.imag, ref.imag)).mean()
+    return total / len(usable)
+
+
+def multi_l1_snr_db(estimate: Tensor, reference: Tensor, spec_weight: float = 0.5) -> Tensor:
+    """torch-l1-snr MultiL1SNRDBLoss: (1 - w) l1_snr_db + w stft_l1_snr_db, w = spec_weight (0.5)."""
+    if not 0.0 <= spec_weight <= 1.0:
+        raise ValueError(f"spec_weight={spec_weight} must lie in [0, 1]")
+    return (1.0 - spec_weight) * l1_snr_db(estimate, reference) + spec_weight * stft_l1_snr_db(estimate, reference)
+
+
+# ----------------------------------------------------------------------------------------------
+# logWMSE
+
+@lru_cache(maxsize=1)
+def hearing_impulse_response() -> Tensor:
+    """torch-log-wmse's 4000-tap hearing-sensitivity FIR (44.1 kHz), read from the installed package
+    without importing it: its __init__ imports torchaudio."""
+    spec = importlib.util.find_spec("torch_log_wmse")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = next((Path(f) / _IR_FILE for f in folders if (Path(f) / _IR_FILE).is_file()), None)
+    if path is None:
+        raise RuntimeError("log_wmse needs the hearing-sensitivity filter shipped in torch-log-wmse "
+                           "(pip install torch-log-wmse; torchaudio is not needed)")
+    data = path.read_bytes()
+    if len(data) != 4 * _IR_TAPS or hashlib.sha256(data).hexdigest() != _IR_SHA256:
+        raise RuntimeError(f"{path} is not torch-log-wmse's {_IR_TAPS}-tap filter (size or sha256 differs)")
+    return torch.frombuffer(bytearray(data), dtype=torch.float32).clone()
+
+
+def weighted_energy(x: Tensor, bypass_filter: bool = False) -> Tensor:
+    """Energy over the last axis of x convolved (full, linear) with the hearing filter.
+
+    Parseval on an rfft of length L >= N + taps - 1, so the circular product is the linear
+    convolution: sum y^2 = (sum over the full spectrum |X H|^2) / L, counting the rfft's interior
+    bins twice. bypass_filter: the plain energy."""
+    if bypass_filter:
+        return x.square().sum(dim=-1)
+    ir = hearing_impulse_response().to(device=x.device, dtype=x.dtype)
+    length = x.shape[-1] + ir.shape[0] - 1
+    length += length % 2  # even: the last bin is a real Nyquist bin, counted once
+    power = torch.fft.rfft(x, n=length).abs().square() * torch.fft.rfft(ir, n=length).abs().square()
+    return (2.0 * power.sum(dim=-1) - power[..., 0] - power[..., -1]) / length
+
+
+def log_wmse(mixture: Tensor, estimate: Tensor, reference: Tensor, sample_rate: int = LOG_WMSE_IR_RATE,
+             bypass_filter: bool = False) -> Tensor:
+    """torch-log-wmse LogWMSE (higher is better); the loss is its negative.
+
+    mixture (batch, channels, samples); estimate, reference (batch, channels, stems, samples).
+    Per (item, channel, stem): mse = E_w(estimate - reference) / (N * max(E_w(mixture) / N, 1e-16)),
+    score -4 ln(mse + 1e-8); mean over channels and stems (p = 0), then over the batch. The
+    mixture's level is a constant (no gradient)."""
+    if sample_rate != LOG_WMSE_IR_RATE and not bypass_filter:
+        raise ValueError(f"log_wmse at sample_rate={sample_rate}: the hearing filter is defined at "
+                         f"{LOG_WMSE_IR_RATE} Hz and resampling it is not implemented here")
+    if mixture.dim() != 3 or estimate.dim() != 4 or estimate.shape != reference.shape:
+        raise ValueError(f"log_wmse expects mixture (batch, channels, samples) and estimate = reference "
+                         f"(batch, channels, stems, samples), got {tuple(mixture.shape)}, "
+                         f"{tuple(estimate.shape)}, {tuple(reference.shape)}")
+    if mixture.shape[:2] != estimate.shape[:2] or mixture.shape[-1] != estimate.shape[-1]:
+        raise ValueError(f"log_wmse: mixture {tuple(mixture.shape)} does not match estimate {tuple(estimate.shape)}")
+    samples = estimate.shape[-1]
+    mixture_power = weighted_energy(mixture, bypass_filter).detach().unsqueeze(2) / samples
+    floor = torch.clamp_min(mixture_power, LOG_WMSE_RMS_EPS ** 2)
+    mse = weighted_energy(estimate - reference, bypass_filter) / (samples * floor)
+    return (LOG_WMSE_SCALER * torch.log(mse + LOG_WMSE_EPS)).mean(dim=(1, 2)).mean()
+
+
+def check_log_wmse_available(sample_rate: int, bypass_filter: bool) -> None:
+    """Fail at start-up, not at the first step, when log_wmse cannot run."""
+    if not bypass_filter:
+        hearing_impulse_response()
+        if sample_rate != LOG_WMSE_IR_RATE:
+            raise ValueError(f"log_wmse at audio.sample_rate={sample_rate}: the hearing filter is defined at "
+                             f"{LOG_WMSE_IR_RATE} Hz and resampling it is not implemented here")
+
+
+__all__ = ["l1_snr", "l1_snr_db", "stft_l1_snr_db", "multi_l1_snr_db", "dbrms", "level_matching",
+           "weighted_energy", "log_wmse", "hearing_impulse_response", "check_log_wmse_available"]
