@@ -139,19 +139,33 @@ def hearing_impulse_response() -> Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.float32).clone()
 
 
-def weighted_energy(x: Tensor, bypass_filter: bool = False) -> Tensor:
+def _filter_power(samples: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """|H|^2 of the hearing filter on an even rfft length >= samples + taps - 1 (even: the last bin
+    is a real Nyquist bin, counted once), so the circular product is the linear convolution."""
+    ir = hearing_impulse_response().to(device=device, dtype=dtype)
+    length = samples + ir.shape[0] - 1
+    return torch.fft.rfft(ir, n=length + length % 2).abs().square()
+
+
+def weighted_energy(x: Tensor, bypass_filter: bool = False, filter_power: Tensor | None = None) -> Tensor:
     """Energy over the last axis of x convolved (full, linear) with the hearing filter.
 
-    Parseval on an rfft of length L >= N + taps - 1, so the circular product is the linear
-    convolution: sum y^2 = (sum over the full spectrum |X H|^2) / L, counting the rfft's interior
-    bins twice. bypass_filter: the plain energy."""
+    Parseval: sum y^2 = (sum over the full spectrum |X H|^2) / L, counting the rfft's interior bins
+    twice. `filter_power`: `_filter_power` for x's length, when the caller filters several signals of
+    that length. bypass_filter: the plain energy."""
     if bypass_filter:
         return x.square().sum(dim=-1)
-    ir = hearing_impulse_response().to(device=x.device, dtype=x.dtype)
-    length = x.shape[-1] + ir.shape[0] - 1
-    length += length % 2  # even: the last bin is a real Nyquist bin, counted once
-    power = torch.fft.rfft(x, n=length).abs().square() * torch.fft.rfft(ir, n=length).abs().square()
+    if filter_power is None:
+        filter_power = _filter_power(x.shape[-1], x.device, x.dtype)
+    length = 2 * (filter_power.shape[-1] - 1)
+    power = torch.fft.rfft(x, n=length).abs().square() * filter_power
     return (2.0 * power.sum(dim=-1) - power[..., 0] - power[..., -1]) / length
+
+
+def _check_filter_rate(sample_rate: int, bypass_filter: bool, setting: str) -> None:
+    if sample_rate != LOG_WMSE_IR_RATE and not bypass_filter:
+        raise ValueError(f"log_wmse at {setting}={sample_rate}: the hearing filter is defined at "
+                         f"{LOG_WMSE_IR_RATE} Hz and resampling it is not implemented here")
 
 
 def log_wmse(mixture: Tensor, estimate: Tensor, reference: Tensor, sample_rate: int = LOG_WMSE_IR_RATE,
@@ -162,9 +176,7 @@ def log_wmse(mixture: Tensor, estimate: Tensor, reference: Tensor, sample_rate: 
     Per (item, channel, stem): mse = E_w(estimate - reference) / (N * max(E_w(mixture) / N, 1e-16)),
     score -4 ln(mse + 1e-8); mean over channels and stems (p = 0), then over the batch. The
     mixture's level is a constant (no gradient)."""
-    if sample_rate != LOG_WMSE_IR_RATE and not bypass_filter:
-        raise ValueError(f"log_wmse at sample_rate={sample_rate}: the hearing filter is defined at "
-                         f"{LOG_WMSE_IR_RATE} Hz and resampling it is not implemented here")
+    _check_filter_rate(sample_rate, bypass_filter, "sample_rate")
     if mixture.dim() != 3 or estimate.dim() != 4 or estimate.shape != reference.shape:
         raise ValueError(f"log_wmse expects mixture (batch, channels, samples) and estimate = reference "
                          f"(batch, channels, stems, samples), got {tuple(mixture.shape)}, "
@@ -172,9 +184,10 @@ def log_wmse(mixture: Tensor, estimate: Tensor, reference: Tensor, sample_rate: 
     if mixture.shape[:2] != estimate.shape[:2] or mixture.shape[-1] != estimate.shape[-1]:
         raise ValueError(f"log_wmse: mixture {tuple(mixture.shape)} does not match estimate {tuple(estimate.shape)}")
     samples = estimate.shape[-1]
-    mixture_power = weighted_energy(mixture, bypass_filter).detach().unsqueeze(2) / samples
+    filter_power = None if bypass_filter else _filter_power(samples, estimate.device, estimate.dtype)
+    mixture_power = weighted_energy(mixture, bypass_filter, filter_power).detach().unsqueeze(2) / samples
     floor = torch.clamp_min(mixture_power, LOG_WMSE_RMS_EPS ** 2)
-    mse = weighted_energy(estimate - reference, bypass_filter) / (samples * floor)
+    mse = weighted_energy(estimate - reference, bypass_filter, filter_power) / (samples * floor)
     return (LOG_WMSE_SCALER * torch.log(mse + LOG_WMSE_EPS)).mean(dim=(1, 2)).mean()
 
 
@@ -182,9 +195,7 @@ def check_log_wmse_available(sample_rate: int, bypass_filter: bool) -> None:
     """Fail at start-up, not at the first step, when log_wmse cannot run."""
     if not bypass_filter:
         hearing_impulse_response()
-        if sample_rate != LOG_WMSE_IR_RATE:
-            raise ValueError(f"log_wmse at audio.sample_rate={sample_rate}: the hearing filter is defined at "
-                             f"{LOG_WMSE_IR_RATE} Hz and resampling it is not implemented here")
+    _check_filter_rate(sample_rate, bypass_filter, "audio.sample_rate")
 
 
 __all__ = ["l1_snr", "l1_snr_db", "stft_l1_snr_db", "multi_l1_snr_db", "dbrms", "level_matching",

@@ -36,6 +36,13 @@ def padded_length(length: int, chunk_size: int) -> int:
     return -(-length // 16) * 16
 
 
+def chunk_layout(length: int, chunk_size: int) -> tuple[int, int, int]:
+    """(padded length, chunk length q, chunk count c) of a scan over `length` steps."""
+    padded = padded_length(length, chunk_size)
+    q = min(padded, chunk_size)
+    return padded, q, padded // q
+
+
 def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Tensor:
     """Chunked SSD scan.
 
@@ -49,10 +56,8 @@ def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> 
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     hg = h // g  # heads per group
-    padded = padded_length(l, chunk_size)
+    padded, q, c = chunk_layout(l, chunk_size)
     x, a, B, C = (_pad_time(t, padded - l) for t in (x, a, B, C))
-    q = min(padded, chunk_size)
-    c = padded // q
     in_place = not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, a, B, C)))
 
     a_cum = a.view(b, c, q, h).cumsum(2)  # (b c q h)
@@ -125,9 +130,7 @@ def ssd_reference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -
     """The chunked SSD scan, all chunks and heads at once (arguments and result as `ssd_chunked`)."""
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
-    padded = padded_length(l, chunk_size)
-    q = min(padded, chunk_size)
-    c = padded // q
+    padded, q, c = chunk_layout(l, chunk_size)
     X, A, B, C = (_pad_time(t, padded - l) for t in (x, a, B, C))
     X = X.view(b, c, q, g, h // g, p).permute(0, 1, 3, 4, 2, 5)  # (b c g hg q p)
     A = A.view(b, c, q, g, h // g).permute(0, 1, 3, 4, 2)  # (b c g hg q)
@@ -160,17 +163,14 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Te
 
     The loop over chunks is a `scan` (one ONNX Scan node: the graph does not grow with chunks), the
     heads are batched in every product, and the state passes from one chunk to the next as in the
-    recurrence: no (chunks x chunks) products, no transposes of the (n x heads x headdim) states,
-    and only one chunk's temporaries alive at a time (the all-chunks form needed gigabytes at 8 s).
+    recurrence: no (chunks x chunks) products and no transposes of the (n x heads x headdim) states.
     """
     from torch._higher_order_ops.scan import scan
 
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     hg = h // g
-    padded = padded_length(l, chunk_size)
-    q = min(padded, chunk_size)
-    c = padded // q
+    padded, q, c = chunk_layout(l, chunk_size)
     x, a, B, C = (_pad_time(t, padded - l) for t in (x, a, B, C))
     # Chunk-major, so that the scan runs over the leading axis.
     xs = x.view(b, c, q, g, hg, p).transpose(0, 1)  # (c b q g hg p)
@@ -178,7 +178,8 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Te
     Bs = B.view(b, c, q, g, n).transpose(0, 1)  # (c b q g n)
     Cs = C.view(b, c, q, g, n).transpose(0, 1)
 
-    def one_chunk(state: Tensor | None, x_j: Tensor, a_j: Tensor, B_j: Tensor, C_j: Tensor) -> tuple[Tensor, Tensor]:
+    def one_chunk(state: Tensor | None, x_j: Tensor, a_j: Tensor, B_j: Tensor, C_j: Tensor,
+                  state_out: bool = True) -> tuple[Tensor | None, Tensor]:
         B_g, C_g = B_j.transpose(1, 2), C_j.transpose(1, 2)  # (b g q n)
         # Inside the chunk: Y = (L o C B^T) X, L_ts = exp(a_cum_t - a_cum_s) for s <= t.
         a_heads = a_j.permute(0, 2, 3, 1)  # (b g hg q)
@@ -189,6 +190,8 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Te
         if state is not None:  # from the chunks before: exp(a_cum_t) C_t^T state
             carried = (C_g @ state).view(b, g, q, hg, p).transpose(1, 2)  # (b q g hg p)
             y = y + carried * torch.exp(a_j).unsqueeze(-1)
+        if not state_out:  # a single chunk: its end state would go unused
+            return None, y
         # The state at the chunk's end: the decayed old state plus B^T (x decayed to the chunk's end).
         to_end = torch.exp(a_j[:, -1:] - a_j).unsqueeze(-1)  # (b q g hg 1)
         weighted = (x_j * to_end).transpose(1, 2).reshape(b, g, q, hg * p)
@@ -199,7 +202,7 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Te
         return new_state, y
 
     if c == 1:
-        y = one_chunk(None, xs[0], a_cum[0], Bs[0], Cs[0])[1].unsqueeze(0)
+        y = one_chunk(None, xs[0], a_cum[0], Bs[0], Cs[0], state_out=False)[1].unsqueeze(0)
     else:
         first_state, y_first = one_chunk(None, xs[0], a_cum[0], Bs[0], Cs[0])
 
