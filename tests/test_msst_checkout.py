@@ -232,3 +232,65 @@ def test_stream_script_builds_and_runs_bsmamba2(work):
     assert (findings["model_class"], findings["model_module"]) == ("BSMamba2", "bsmamba2_plugin.model.bsmamba2")
     assert findings["stems"] == sorted(INSTRUMENTS)
     assert findings["vocals_shape"] == findings["input_shape"] == [2, 8192] and findings["vocals_finite"]
+
+
+@pytest.mark.slow  # MSST subprocesses: 10-30 s each on 2 cores
+def test_peft_lora_checkpoint_in_msst_valid_and_inference(work):
+    """A --train_lora_peft run of this package's trainer, then MSST's own scripts: valid.py on the
+    run's base + peft folder (--lora_checkpoint_peft: PeftModel.from_pretrained, merge_and_unload)
+    and on the merged checkpoint (no flag), inference.py on the merged checkpoint; all three and
+    this package's Separator give the same separation."""
+    if not importable("peft"):
+        pytest.skip(f"{PYTHON} has no peft (pip install peft, torch pinned)")
+    from bsmamba2_plugin.separate import Separator
+
+    config = work / "lora.yaml"
+    # A high learning rate and no EMA, so that the adapter changes the separation far beyond the
+    # tolerances below.
+    config.write_text((work / "tiny.yaml").read_text().replace("  lr: 1.0e-3\n", "  lr: 3.0e-2\n")
+                      .replace("  ema_momentum: 0.999\n", "  ema_momentum: 0.0\n")
+                      + "\nlora:\n  r: 4\n  lora_alpha: 8\n  target_modules: all-linear\n")
+    results = work / "lora_results"
+    env = subprocess_env(stand_in_torchaudio=False)
+    trained = subprocess.run([sys.executable, "-m", "bsmamba2_plugin.train", "--config_path", str(config),
+                              "--data_path", str(work / "train"), "--results_path", str(results),
+                              "--train_lora_peft", "--no_tensorboard", "--no_progress", "--seed", "3"],
+                             capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    (work / "lora_train.log").write_text(trained.stdout + trained.stderr)
+    assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
+    merged, base = results / "last_bsmamba2.ckpt", results / "lora_base_bsmamba2.ckpt"
+    folder = results / "last_bsmamba2_lora_peft"
+    assert (folder / "adapter_config.json").is_file() and base.is_file()
+
+    common = ["valid.py", "--model_type", "bsmamba2", "--config_path", str(config), "--valid_path",
+              str(work / "valid"), "--device_ids", "0"]
+    with_peft = run_script([*common, "--start_check_point", str(base), "--lora_checkpoint_peft", str(folder),
+                            "--store_dir", str(work / "valid_peft")], work / "valid_peft.log")
+    plain = run_script([*common, "--start_check_point", str(merged), "--store_dir", str(work / "valid_merged")],
+                       work / "valid_merged.log")
+    only_base = run_script([*common, "--start_check_point", str(base), "--store_dir", str(work / "valid_base")],
+                           work / "valid_base.log")
+    sdr = {name: float(re.search(r"Metric avg sdr\s*: (-?\d+\.\d+)", out).group(1))
+           for name, out in (("peft", with_peft), ("merged", plain), ("base", only_base))}
+    assert abs(sdr["peft"] - sdr["merged"]) < 1e-3, sdr
+    assert abs(sdr["peft"] - sdr["base"]) > 0.01, sdr  # the adapter did something, and valid.py applied it
+
+    (work / "lora_mixes").mkdir()
+    mixture, rate = sf.read(work / "valid" / "track_0" / "mixture.wav", dtype="float32")
+    sf.write(work / "lora_mixes" / "song.wav", mixture, rate, subtype="FLOAT")
+    run_script(["inference.py", "--model_type", "bsmamba2", "--config_path", str(config),
+                "--start_check_point", str(merged), "--input_folder", str(work / "lora_mixes"),
+                "--store_dir", str(work / "lora_separated"), "--force_cpu"], work / "lora_inference.log")
+    ours = Separator(str(config), str(merged), device="cpu").separate(mixture.T, rate)
+    for stem in INSTRUMENTS:
+        from_inference, _ = sf.read(work / "lora_separated" / "song" / f"{stem}.wav", dtype="float32")
+        # valid.py stores 16-bit FLAC when the peak is <= 1 (a step of 3e-5), FLOAT WAV otherwise
+        (peft_file,), (merged_file,), (base_file,) = (sorted((work / name).glob(f"track_0_{stem}.*"))
+                                                      for name in ("valid_peft", "valid_merged", "valid_base"))
+        from_valid_peft, _ = sf.read(peft_file, dtype="float32")
+        from_valid_merged, _ = sf.read(merged_file, dtype="float32")
+        from_valid_base, _ = sf.read(base_file, dtype="float32")
+        np.testing.assert_allclose(from_valid_peft, from_valid_merged, atol=1e-4)
+        assert np.abs(from_valid_base - from_valid_merged).max() > 1e-2  # so the tolerances above do tell
+        np.testing.assert_allclose(from_inference, from_valid_merged, atol=1e-4)
+        np.testing.assert_allclose(ours[stem].T, from_inference, atol=1e-5)
