@@ -307,7 +307,7 @@ def test_peft_training_moves_only_adapters_and_writes_a_merged_checkpoint_and_a_
     # The merged model_state_dict == the base + the peft folder, loaded the way MSST's valid.py does.
     merged = checkpoint["model_state_dict"]
     assert merged.keys() == base_state.keys()
-    folder = results / "last_bsmamba2_lora_peft"
+    folder = results / "last_bsmamba2.ckpt_lora_"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
     assert not list(results.glob(".*partial*"))  # the atomic writer left no temporary behind
     stored = load_file(folder / "adapter_model.safetensors")
@@ -350,8 +350,8 @@ def test_peft_training_resumes_bit_identically(tmp_path):
         assert a[key].keys() == b[key].keys()
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
-    folder_a = load_file(straight / "last_bsmamba2_lora_peft" / "adapter_model.safetensors")
-    folder_b = load_file(split / "last_bsmamba2_lora_peft" / "adapter_model.safetensors")
+    folder_a = load_file(straight / "last_bsmamba2.ckpt_lora_" / "adapter_model.safetensors")
+    folder_b = load_file(split / "last_bsmamba2.ckpt_lora_" / "adapter_model.safetensors")
     assert folder_a.keys() == folder_b.keys() and all(torch.equal(folder_a[k], folder_b[k]) for k in folder_a)
 
 
@@ -370,7 +370,7 @@ def test_lora_checkpoint_peft_round_trips(tmp_path):
 
     config, _, results, done = peft_run(tmp_path / "first")
     assert done.returncode == 0, done.stderr[-3000:]
-    folder = results / "last_bsmamba2_lora_peft"
+    folder = results / "last_bsmamba2.ckpt_lora_"
     stored = load_file(folder / "adapter_model.safetensors")
     args = trainer_args(tmp_path, "--train_lora_peft", "--lora_checkpoint_peft", str(folder),
                         "--start_check_point", str(results / "lora_base_bsmamba2.ckpt"))
@@ -383,7 +383,7 @@ def test_lora_checkpoint_peft_round_trips(tmp_path):
         assert torch.equal(ours.detach(), value) and ours.requires_grad
     assert not any(p.requires_grad for n, p in trainer.model.named_parameters() if ".lora_" not in n)
     # The checkpoint file instead of its folder: the error names the folder.
-    with pytest.raises(TrainingConfigError, match="last_bsmamba2_lora_peft"):
+    with pytest.raises(TrainingConfigError, match="last_bsmamba2.ckpt_lora_"):
         Trainer(trainer_args(tmp_path / "again", "--train_lora_peft", "--lora_checkpoint_peft",
                              str(results / "last_bsmamba2.ckpt")))
     with pytest.raises(TrainingConfigError, match="needs --train_lora_peft"):

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="start the LoRA adapters from this file (lora_state_dict of an earlier run)")
     msst.add_argument("--train_lora_peft", action="store_true",
                       help="LoRA through peft: LoraConfig(**lora:) (lora.target_modules required); checkpoints hold "
-                           "merged weights, the adapter goes beside each as a peft folder <checkpoint>_lora_peft/")
+                           "merged weights, the adapter goes beside each as a peft folder <checkpoint>_lora_ (MSST's name)")
     msst.add_argument("--lora_checkpoint_peft", default="",
                       help="start from this peft adapter folder (PeftModel.from_pretrained, LoRA trainable)")
     msst.add_argument("--wandb_key", default="", help="log to Weights & Biases (project msst) with this API key")

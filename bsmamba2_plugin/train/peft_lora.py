@@ -20,7 +20,8 @@ nn.Linear of BSMamba2.
 
 Checkpoints (trainer.py): `model_state_dict` holds the merged weights under plain BSMamba2 names
 (the separator and MSST's inference.py load it without flags); beside each checkpoint the adapter
-is a peft folder `<checkpoint stem>_lora_peft/` (adapter_config.json, adapter_model.safetensors),
+is a peft folder `<checkpoint file name>_lora_` (MSST's train.py name for it: adapter_config.json,
+adapter_model.safetensors),
 and `lora_base_bsmamba2.ckpt` in the results folder holds the un-merged base weights, so MSST's
 `valid.py --start_check_point lora_base_bsmamba2.ckpt --lora_checkpoint_peft <folder>` rebuilds the
 merged model.
@@ -41,7 +42,7 @@ from bsmamba2_plugin.atomic_file import atomic_path
 from .errors import TrainingConfigError
 
 INSTALL = "pip install 'bsmamba2-plugin[lora]' (or pip install peft)"
-PEFT_FOLDER_SUFFIX = "_lora_peft"
+PEFT_FOLDER_SUFFIX = "_lora_"  # MSST's save_weights: model.save_pretrained(store_path + '_lora_')
 BASE_CHECKPOINT = "lora_base_bsmamba2.ckpt"
 # peft's own prefix of a PeftModel's state-dict names, which save_pretrained expects.
 PEFT_PREFIX = "base_model.model."
@@ -58,9 +59,9 @@ def import_peft(flag: str) -> Any:
 
 
 def peft_folder_for(checkpoint: str | Path) -> Path:
-    """The adapter folder written beside a checkpoint: <stem>_lora_peft/."""
+    """The adapter folder written beside a checkpoint, named as MSST names it: <file name>_lora_."""
     checkpoint = Path(checkpoint)
-    return checkpoint.with_name(checkpoint.stem + PEFT_FOLDER_SUFFIX)
+    return checkpoint.with_name(checkpoint.name + PEFT_FOLDER_SUFFIX)
 
 
 def linear_names(model: nn.Module) -> list[str]:

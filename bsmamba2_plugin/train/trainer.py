@@ -28,7 +28,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.checkpoint import load_weights, read_state_dict, unwrap_state_dict
+from bsmamba2_plugin.checkpoint import load_weights, load_weights_only, read_state_dict, unwrap_state_dict
 from bsmamba2_plugin.config import load_config, resolve_model_type
 from bsmamba2_plugin.config_keys import warn_unused_keys
 from bsmamba2_plugin.evaluate.scoring import ALWAYS, average
@@ -208,7 +208,7 @@ class Trainer:
         r, alpha = lora_settings(self.config.get("lora", None))
         names = attach_lora(self.model, r, alpha)
         if a.lora_checkpoint_loralib:
-            stored = read_training_checkpoint(a.lora_checkpoint_loralib)
+            stored = load_weights_only(Path(a.lora_checkpoint_loralib))  # MSST's files pickle their scheduler
             adapter = stored.get("lora_state_dict") or unwrap_state_dict(stored, a.lora_checkpoint_loralib)
             count = load_adapter(self.model, adapter,
                                  f"--lora_checkpoint_loralib {a.lora_checkpoint_loralib}")
@@ -395,7 +395,7 @@ class Trainer:
         return payload
 
     def save_checkpoint(self, path: Path) -> None:
-        """The checkpoint file; with --train_lora_peft also its adapter as a peft folder <stem>_lora_peft/."""
+        """The checkpoint file; with --train_lora_peft also its adapter as a peft folder <file name>_lora_."""
         payload = self.checkpoint_payload()
         save_atomically(payload, path)
         if isinstance(self.lora, PeftLoRA):
@@ -414,7 +414,7 @@ class Trainer:
             base = self.results_path / BASE_CHECKPOINT
             save_base_checkpoint(self.lora.base_state_dict(self.model.state_dict()), base)
             self._print(f"LoRA base weights (un-merged): {base}; each checkpoint's adapter: <checkpoint>"
-                        f"_lora_peft/ (MSST valid.py: --start_check_point {base.name} --lora_checkpoint_peft <folder>)")
+                        f"_lora_ (MSST valid.py: --start_check_point {base.name} --lora_checkpoint_peft <folder>)")
         self._print_header()
         started = time.time()
         if args.pre_valid and self.resumed_from is None and self.valid_tracks:
