@@ -323,6 +323,12 @@ def test_peft_training_moves_only_adapters_and_writes_a_merged_checkpoint_and_a_
         unloaded = via_peft.merge_and_unload()
     torch.save({"model_state_dict": unloaded.state_dict()}, tmp_path / "peft_merged.ckpt")
 
+    # The raw (un-merged, peft-named) weights are for resuming only; asking for them is a clear error.
+    from bsmamba2_plugin.checkpoint import CheckpointError, read_state_dict
+
+    with pytest.raises(CheckpointError, match="LoRA run's"):
+        read_state_dict(results / "last_bsmamba2.ckpt", weights="raw")
+
     # The separator loads the LoRA checkpoint without flags and gives the merged model's output.
     mixture = np.random.default_rng(0).standard_normal((2, 9000)).astype(np.float32) * 0.1
     ours = Separator(str(config), str(results / "last_bsmamba2.ckpt"), device="cpu").separate(mixture, 44100)
@@ -330,6 +336,24 @@ def test_peft_training_moves_only_adapters_and_writes_a_merged_checkpoint_and_a_
     untouched = Separator(str(config), str(tmp_path / "base.ckpt"), device="cpu").separate(mixture, 44100)
     np.testing.assert_allclose(ours["vocals"], theirs["vocals"], atol=1e-5, rtol=1e-4)
     assert np.abs(ours["vocals"] - untouched["vocals"]).max() > 1e-4
+
+
+def test_a_folder_written_atomically_replaces_the_old_one(tmp_path):
+    from bsmamba2_plugin.atomic_file import atomic_path
+
+    target = tmp_path / "adapter"
+    for version in ("old", "new"):
+        with atomic_path(target) as temporary:
+            temporary.mkdir()
+            (temporary / "weights").write_text(version)
+            assert not (target / "weights").is_file() or (target / "weights").read_text() == "old"
+    assert (target / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporary or old copy left
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as temporary:
+            temporary.mkdir()
+            raise RuntimeError("a failed write")
+    assert (target / "weights").read_text() == "new" and len(list(tmp_path.iterdir())) == 1
 
 
 def test_peft_training_resumes_bit_identically(tmp_path):
