@@ -266,7 +266,7 @@ def test_lora_keys_msst_cannot_map_here_are_named(tmp_path):
 
 
 # ------------------------------------------------------------------------------ --train_lora_peft
-def peft_run(tmp_path, **training):
+def peft_run(tmp_path, *extra, **training):
     """A --train_lora_peft run from a saved base; returns (config, base model, results folder, process)."""
     data = make_tracks(tmp_path / "train", count=2)
     config = with_keys(tiny_config(tmp_path / "c.yaml", **{"num_steps": 2, "num_epochs": 1, **training}),
@@ -276,7 +276,7 @@ def peft_run(tmp_path, **training):
     torch.save({"model_state_dict": base.state_dict()}, tmp_path / "base.ckpt")
     results = tmp_path / "r"
     done = run_train(["--config_path", str(config), "--data_path", str(data), "--no_tensorboard", "--train_lora_peft",
-                      "--start_check_point", str(tmp_path / "base.ckpt"), "--results_path", str(results)])
+                      "--start_check_point", str(tmp_path / "base.ckpt"), "--results_path", str(results), *extra])
     return config, base, results, done
 
 
@@ -284,8 +284,11 @@ def test_peft_training_moves_only_adapters_and_writes_a_merged_checkpoint_and_a_
     peft = pytest.importorskip("peft")
     from bsmamba2_plugin.separate import Separator
 
-    config, base, results, done = peft_run(tmp_path)
+    valid = make_tracks(tmp_path / "valid", count=1, with_mixture=True)
+    config, base, results, done = peft_run(tmp_path, "--valid_path", str(valid))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (best,) = results.glob("model_bsmamba2_ep_0_sdr_*.ckpt")  # validated with the (EMA) LoRA model
+    assert (results / (best.name + "_lora_") / "adapter_model.safetensors").is_file()
     # 14 linear layers in the tiny model: 3 band split, 4 in_proj, 4 out_proj, 3 mask estimator
     assert "LoRA (peft " in done.stdout and "on 14 linear layers" in done.stdout
     assert "in_proj 4" in done.stdout and "out_proj 4" in done.stdout
