@@ -36,15 +36,26 @@ def _fsync_directory(folder: Path) -> None:
 
 
 def commit_temporary(temporary: Path, path: Path) -> Path:
-    """fsync ``temporary`` (a file or a folder of files), rename it to ``path``, fsync the folder."""
+    """fsync ``temporary`` (a file or a folder of files), rename it to ``path``, fsync the folder.
+
+    A folder cannot be renamed over a folder that holds files: the old one is first renamed to a
+    hidden name beside it, then removed. A kill between the two renames leaves the complete old
+    folder under that hidden name and the complete new one under its own temporary name."""
     if temporary.is_dir():
         for child in temporary.rglob("*"):
             if child.is_file():
                 _fsync_file(child)
     else:
         _fsync_file(temporary)
+    old = None
+    if temporary.is_dir() and path.is_dir():
+        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+        discard_temporary(old)
+        os.replace(path, old)
     os.replace(temporary, path)
     _fsync_directory(path.parent)
+    if old is not None:
+        discard_temporary(old)
     return path
 
 

@@ -163,6 +163,9 @@ def select_weights(raw: Any, weights: str = "auto", path: Path | str = "checkpoi
             if weights == "raw" and holds == "EMA":
                 if not isinstance(raw.get("raw_model_state_dict"), Mapping):
                     raise CheckpointError(f"checkpoint {path}: raw weights asked for, but it has no raw_model_state_dict")
+                if raw.get("lora_library"):
+                    raise CheckpointError(f"checkpoint {path} is a LoRA run's ({raw['lora_library']}): only its EMA "
+                                          f"weights are stored merged (model_state_dict); use the EMA weights")
                 chosen, kind, detail = raw["raw_model_state_dict"], "raw", "raw_model_state_dict"
             else:
                 _insist(weights, holds, path, "this checkpoint")

@@ -13,6 +13,8 @@ pip setuptools wheel
 echo "torch==2.13.0" > /tmp/bsmamba2-constraints.txt
 # ./compat installs regularly (not -e): only a wheel install puts its .pth hook into site-packages.
 pip -c /tmp/bsmamba2-constraints.txt ./registry ./compat -e ".[test]"
+# The LoRA tests use the real loralib and peft (peft pulls transformers; torch stays pinned).
+pip -c /tmp/bsmamba2-constraints.txt "loralib>=0.1.2" "peft>=0.14"
 # The real MSST package, for the compatibility and separation tests.
 pip --no-deps msst==0.1.0 torch-log-wmse==1.1.0
 pip -c /tmp/bsmamba2-constraints.txt omegaconf librosa wandb rotary-embedding-torch

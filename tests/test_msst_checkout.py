@@ -232,3 +232,115 @@ def test_stream_script_builds_and_runs_bsmamba2(work):
     assert (findings["model_class"], findings["model_module"]) == ("BSMamba2", "bsmamba2_plugin.model.bsmamba2")
     assert findings["stems"] == sorted(INSTRUMENTS)
     assert findings["vocals_shape"] == findings["input_shape"] == [2, 8192] and findings["vocals_finite"]
+
+
+@pytest.mark.slow  # MSST subprocesses: 10-30 s each on 2 cores
+def test_peft_lora_checkpoint_in_msst_valid_and_inference(work):
+    """A --train_lora_peft run of this package's trainer, then MSST's own scripts: valid.py on the
+    run's base + peft folder (--lora_checkpoint_peft: PeftModel.from_pretrained, merge_and_unload)
+    and on the merged checkpoint (no flag), inference.py on the merged checkpoint; all three and
+    this package's Separator give the same separation."""
+    if not importable("peft"):
+        pytest.skip(f"{PYTHON} has no peft (pip install peft, torch pinned)")
+    from bsmamba2_plugin.separate import Separator
+
+    config = work / "lora.yaml"
+    # A high learning rate and no EMA, so that the adapter changes the separation far beyond the
+    # tolerances below.
+    config.write_text((work / "tiny.yaml").read_text().replace("  lr: 1.0e-3\n", "  lr: 3.0e-2\n")
+                      .replace("  ema_momentum: 0.999\n", "  ema_momentum: 0.0\n")
+                      + "\nlora:\n  r: 4\n  lora_alpha: 8\n  target_modules: all-linear\n")
+    results = work / "lora_results"
+    env = subprocess_env(stand_in_torchaudio=False)
+    trained = subprocess.run([sys.executable, "-m", "bsmamba2_plugin.train", "--config_path", str(config),
+                              "--data_path", str(work / "train"), "--results_path", str(results),
+                              "--train_lora_peft", "--no_tensorboard", "--no_progress", "--seed", "3"],
+                             capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    (work / "lora_train.log").write_text(trained.stdout + trained.stderr)
+    assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
+    merged, base = results / "last_bsmamba2.ckpt", results / "lora_base_bsmamba2.ckpt"
+    folder = results / "last_bsmamba2.ckpt_lora_"
+    assert (folder / "adapter_config.json").is_file() and base.is_file()
+
+    common = ["valid.py", "--model_type", "bsmamba2", "--config_path", str(config), "--valid_path",
+              str(work / "valid"), "--device_ids", "0"]
+    with_peft = run_script([*common, "--start_check_point", str(base), "--lora_checkpoint_peft", str(folder),
+                            "--store_dir", str(work / "valid_peft")], work / "valid_peft.log")
+    plain = run_script([*common, "--start_check_point", str(merged), "--store_dir", str(work / "valid_merged")],
+                       work / "valid_merged.log")
+    only_base = run_script([*common, "--start_check_point", str(base), "--store_dir", str(work / "valid_base")],
+                           work / "valid_base.log")
+    sdr = {name: float(re.search(r"Metric avg sdr\s*: (-?\d+\.\d+)", out).group(1))
+           for name, out in (("peft", with_peft), ("merged", plain), ("base", only_base))}
+    assert abs(sdr["peft"] - sdr["merged"]) < 1e-3, sdr
+    assert abs(sdr["peft"] - sdr["base"]) > 0.01, sdr  # the adapter did something, and valid.py applied it
+
+    (work / "lora_mixes").mkdir()
+    mixture, rate = sf.read(work / "valid" / "track_0" / "mixture.wav", dtype="float32")
+    sf.write(work / "lora_mixes" / "song.wav", mixture, rate, subtype="FLOAT")
+    run_script(["inference.py", "--model_type", "bsmamba2", "--config_path", str(config),
+                "--start_check_point", str(merged), "--input_folder", str(work / "lora_mixes"),
+                "--store_dir", str(work / "lora_separated"), "--force_cpu"], work / "lora_inference.log")
+    ours = Separator(str(config), str(merged), device="cpu").separate(mixture.T, rate)
+    for stem in INSTRUMENTS:
+        from_inference, _ = sf.read(work / "lora_separated" / "song" / f"{stem}.wav", dtype="float32")
+        # valid.py stores 16-bit FLAC when the peak is <= 1 (a step of 3e-5), FLOAT WAV otherwise
+        (peft_file,), (merged_file,), (base_file,) = (sorted((work / name).glob(f"track_0_{stem}.*"))
+                                                      for name in ("valid_peft", "valid_merged", "valid_base"))
+        from_valid_peft, _ = sf.read(peft_file, dtype="float32")
+        from_valid_merged, _ = sf.read(merged_file, dtype="float32")
+        from_valid_base, _ = sf.read(base_file, dtype="float32")
+        np.testing.assert_allclose(from_valid_peft, from_valid_merged, atol=1e-4)
+        assert np.abs(from_valid_base - from_valid_merged).max() > 1e-2  # so the tolerances above do tell
+        np.testing.assert_allclose(from_inference, from_valid_merged, atol=1e-4)
+        np.testing.assert_allclose(ours[stem].T, from_inference, atol=1e-5)
+
+
+@pytest.mark.slow  # MSST subprocesses: 10-30 s each on 2 cores
+@pytest.mark.parametrize("library", ["peft", "loralib"])
+def test_msst_train_lora_trains_bsmamba2_adapters_that_this_trainer_loads(work, library):
+    """MSST's own train.py --train_lora_peft / --train_lora_loralib on bsmamba2: its output-side LoRA
+    layers must not be bypassed by the model's batched products (without linear_weight.py the loss
+    had no gradient at all). Its adapters, out_proj's included, move, and this package's trainer
+    starts from them (--lora_checkpoint_peft on MSST's <ckpt>_lora_ folder, --lora_checkpoint_loralib
+    on MSST's checkpoint)."""
+    if not importable(library):
+        pytest.skip(f"{PYTHON} has no {library}")
+    import torch
+
+    from bsmamba2_plugin.train.cli import parse_args
+    from bsmamba2_plugin.train.trainer import Trainer
+
+    section = ("\nlora:\n  r: 4\n  lora_alpha: 8\n  target_modules: [in_proj, out_proj]\n" if library == "peft" else
+               "\nlora:\n  r: 4\n  lora_alpha: 8\n  lora_dropout: 0.0\n  merge_weights: false\n"
+               "  fan_in_fan_out: false\n")  # MSST passes lora: to loralib.Linear, which takes no enable_lora
+    config = work / f"msst_{library}.yaml"
+    config.write_text((work / "tiny.yaml").read_text().replace("  lr: 1.0e-3\n", "  lr: 3.0e-2\n") + section)
+    results = work / f"msst_{library}_results"
+    out = run_script(["train.py", "--model_type", "bsmamba2", "--config_path", str(config), "--results_path",
+                      str(results), "--data_path", str(work / "train"), "--valid_path", str(work / "valid"),
+                      "--dataset_type", "1", "--num_workers", "0", "--device_ids", "0", f"--train_lora_{library}"],
+                     work / f"msst_{library}.log")
+    assert np.isfinite(float(re.search(r"Training loss: (\S+)", out).group(1)))
+    if library == "peft":
+        from safetensors.torch import load_file
+
+        folder = results / "last_bsmamba2.ckpt_lora_"  # MSST's save_pretrained(store_path + '_lora_')
+        adapter = {k.removeprefix("base_model.model."): v
+                   for k, v in load_file(folder / "adapter_model.safetensors").items()}
+        flags = ["--train_lora_peft", "--lora_checkpoint_peft", str(folder)]
+        ours_name = {k: k.replace(".weight", ".default.weight") for k in adapter}
+    else:
+        from bsmamba2_plugin.checkpoint import load_weights_only
+
+        # MSST's loralib checkpoint: model_state_dict holds the adapter alone (loralib.lora_state_dict)
+        adapter = load_weights_only(results / "last_bsmamba2.ckpt")["model_state_dict"]
+        flags = ["--train_lora_loralib", "--lora_checkpoint_loralib", str(results / "last_bsmamba2.ckpt")]
+        ours_name = {k: k.replace(".lora_", ".parametrizations.weight.0.lora_") for k in adapter}
+    moved = [k for k, v in adapter.items() if "lora_B" in k and v.abs().sum() > 0]  # B starts at zero
+    assert any(".out_proj." in k for k in moved) and any(".in_proj." in k for k in moved), sorted(adapter)[:6]
+
+    args = parse_args(["--config_path", str(config), "--data_path", str(work / "train"), "--results_path",
+                       str(work / f"ours_from_msst_{library}"), "--no_tensorboard", "--no_progress", *flags])
+    state = Trainer(args).model.state_dict()
+    assert all(torch.equal(state[ours_name[k]], v) for k, v in adapter.items())

@@ -24,19 +24,11 @@ from bsmamba2_plugin.train.augmentations import Augmentations, ChunkSizeAugmenta
 from bsmamba2_plugin.train.dataset import MSSTrainingDataset
 from bsmamba2_plugin.train.errors import TrainingConfigError
 from bsmamba2_plugin.train.loss import MSSTLoss
-from train_fixtures import make_tracks, run_train, tiny_config
+from train_fixtures import make_tracks, run_train, tiny_config, with_keys
 
 HERE = Path(__file__).parent
 STAND_IN = HERE / "torchaudio_stand_in"
 MSST_CONFIGS = Path("/tmp/msst/configs")
-
-
-def with_keys(path: Path, **sections) -> Path:
-    config = yaml.safe_load(path.read_text())
-    for section, values in sections.items():
-        config.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 # --------------------------------------------------------------------------- config keys
@@ -444,90 +436,3 @@ def test_msst_dataset_types_train_through_the_msst_package(tmp_path, dataset_typ
                         "--no_tensorboard", "--dataset_type", str(dataset_type)])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"Dataset type: {dataset_type}" in result.stdout and "Done: 2 optimizer steps" in result.stdout
-
-
-# ------------------------------------------------------------------------------------ LoRA
-LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "merge_weights": False, "fan_in_fan_out": False,
-        "enable_lora": [True]}
-
-
-def test_weight_space_lora_equals_loralibs_linear():
-    loralib = pytest.importorskip("loralib")
-    from bsmamba2_plugin.train.lora import attach_lora
-
-    torch.manual_seed(0)
-    theirs = loralib.Linear(6, 5, r=3, lora_alpha=6, lora_dropout=0.0, merge_weights=False)
-    torch.nn.init.normal_(theirs.lora_B)  # non-zero, so the update shows
-    ours = torch.nn.Sequential(torch.nn.Linear(6, 5))
-    ours[0].weight.data.copy_(theirs.weight.data)
-    ours[0].bias.data.copy_(theirs.bias.data)
-    names, _ = attach_lora(ours, r=3, alpha=6)
-    adapter = ours[0].parametrizations.weight[0]
-    adapter.lora_A.data.copy_(theirs.lora_A.data)
-    adapter.lora_B.data.copy_(theirs.lora_B.data)
-    x = torch.randn(4, 6)
-    assert names == ["0"] and torch.allclose(ours(x), theirs(x), atol=1e-6)
-    assert [n for n, p in ours.named_parameters() if p.requires_grad] == [
-        "0.parametrizations.weight.0.lora_A", "0.parametrizations.weight.0.lora_B"]  # as mark_only_lora_as_trainable
-
-
-def test_lora_training_writes_merged_weights_that_load_anywhere_and_resumes(tmp_path):
-    from bsmamba2_plugin.checkpoint import load_weights
-    from bsmamba2_plugin.model import BSMamba2
-    from bsmamba2_plugin.separate import Separator
-    from bsmamba2_plugin.train.lora import attach_lora, load_adapter
-
-    data = make_tracks(tmp_path / "train", count=2)
-    config = with_keys(tiny_config(tmp_path / "c.yaml", num_steps=2, num_epochs=1), lora=LORA)
-    base = BSMamba2.from_config(load_config(config))
-    torch.save({"model_state_dict": base.state_dict()}, tmp_path / "base.ckpt")
-    common = ["--config_path", str(config), "--data_path", str(data), "--no_tensorboard", "--train_lora_loralib",
-              "--start_check_point", str(tmp_path / "base.ckpt")]
-    first = run_train([*common, "--results_path", str(tmp_path / "r")])
-    assert first.returncode == 0, first.stderr
-    assert "LoRA: r=4, lora_alpha=8 on " in first.stdout
-    checkpoint = torch.load(tmp_path / "r" / "last_bsmamba2.ckpt", weights_only=True)
-    merged, adapter = checkpoint["model_state_dict"], checkpoint["lora_state_dict"]
-    assert set(merged) == set(base.state_dict())  # plain names: MSST and the separator read it as is
-    assert adapter and all(k.endswith((".lora_A", ".lora_B")) for k in adapter)
-
-    # The merged weights give the LoRA model's output: the adapter reaches the fused Mamba2 path too.
-    lora_model = BSMamba2.from_config(load_config(config))
-    lora_model.load_state_dict(base.state_dict())
-    attach_lora(lora_model, 4, 8.0)
-    load_adapter(lora_model, adapter, "test")
-    plain = BSMamba2.from_config(load_config(config))
-    load_weights(plain, merged)
-    x = torch.randn(1, 2, 4096)
-    with torch.no_grad():
-        assert torch.allclose(lora_model.eval()(x), plain.eval()(x), atol=1e-5)
-    changed = [k for k in merged if not torch.equal(merged[k], base.state_dict()[k])]
-    assert changed and all(k.endswith(".weight") for k in changed)  # only adapted linear weights moved
-
-    separator = Separator(str(config), str(tmp_path / "r" / "last_bsmamba2.ckpt"), device="cpu")
-    assert separator.separate(np.zeros((2, 8000), dtype=np.float32), 44100)["vocals"].shape == (2, 8000)
-
-    config2 = with_keys(config, training={"num_epochs": 2})
-    resumed = run_train([*common, "--results_path", str(tmp_path / "r")])  # continues epoch 1
-    assert resumed.returncode == 0 and "Resuming from" in resumed.stdout, resumed.stderr
-    fresh = run_train(["--config_path", str(config2), "--data_path", str(data), "--no_tensorboard",
-                       "--train_lora_loralib", "--lora_checkpoint_loralib", str(tmp_path / "r" / "last_bsmamba2.ckpt"),
-                       "--results_path", str(tmp_path / "s")])
-    assert fresh.returncode == 0, fresh.stderr
-    assert f"Loaded {len(adapter)} LoRA tensors" in fresh.stdout
-
-
-def test_lora_keys_msst_cannot_map_here_are_named(tmp_path):
-    from bsmamba2_plugin.train.lora import lora_settings
-
-    with pytest.raises(TrainingConfigError, match="enable_lora"):
-        lora_settings({**LORA, "enable_lora": [True, False, True]})
-    with pytest.raises(TrainingConfigError, match="lora.target_modules"):
-        lora_settings({**LORA, "target_modules": ["x"]})
-    with pytest.warns(UserWarning, match="lora.lora_dropout=0.05 is not applied"):
-        assert lora_settings({**LORA, "lora_dropout": 0.05}) == (4, 8.0)
-    data = make_tracks(tmp_path / "train", count=1)
-    config = tiny_config(tmp_path / "c.yaml")
-    no_section = run_train(["--config_path", str(config), "--data_path", str(data), "--results_path",
-                            str(tmp_path / "r"), "--train_lora_loralib"])
-    assert no_section.returncode == 2 and "needs a `lora:` section" in no_section.stderr

@@ -32,6 +32,15 @@ def tiny_config(path: Path, **training) -> Path:
     return path
 
 
+def with_keys(path: Path, **sections) -> Path:
+    """Add or update keys of sections of a YAML config in place."""
+    config = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def tone(seconds: float, freq: float, seed: int, gap: bool = False) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * RATE)) / RATE

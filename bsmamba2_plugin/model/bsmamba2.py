@@ -26,6 +26,7 @@ from beartype import BeartypeConf, beartype
 from torch import Tensor, nn
 
 from .backend import check_backend, use_mamba_ssm
+from .linear_weight import effective_bias, effective_weight, is_linear, stacked_linear
 from .mamba2 import Mamba2, RMSNorm, fp32_or_wider, mix_and_project, per_mixer_matmul
 from .ssd import padded_length
 
@@ -65,11 +66,14 @@ def runs_of_equal_width(widths: Sequence[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def per_band_linear(x: Tensor, linears: Sequence[nn.Linear]) -> Tensor:
-    """x: (r, tokens, d_in), band i through linears[i] -> (r, tokens, d_out), as one batched product."""
-    weight = torch.stack([linear.weight for linear in linears]).transpose(1, 2)  # (r d_in d_out)
-    bias = torch.stack([linear.bias for linear in linears])[:, None]  # (r 1 d_out)
-    return torch.baddbmm(bias, x, weight)
+def per_band_linear(x: Tensor, linears: Sequence[nn.Module]) -> Tensor:
+    """x: (r, tokens, d_in), band i through linears[i] -> (r, tokens, d_out), as one batched product.
+
+    The layers' effective weights (linear_weight.py): a LoRA adapter on a band's layer is applied."""
+    weight, bias = stacked_linear(linears)
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias[:, None], x, weight.transpose(1, 2))  # (r 1 d_out) + (r tokens d_in) @ (r d_in d_out)
 
 
 class BandSplit(nn.Module):
@@ -122,7 +126,7 @@ class MaskEstimator(nn.Module):
             h = x[:, :, first:first + count].permute(2, 0, 1, 3).reshape(count, b * frames, dim)  # (r (b n) dim)
             mlps = [to_freq[0] for to_freq in self.to_freqs[first:first + count]]
             for position, layer in enumerate(mlps[0]):
-                if isinstance(layer, nn.Linear):
+                if is_linear(layer):  # also a LoRA-wrapped one (peft's wrapper is no nn.Linear)
                     h = per_band_linear(h, [mlp[position] for mlp in mlps])
                 else:
                     h = layer(h)  # Tanh
@@ -179,7 +183,10 @@ class BidirectionalMamba(nn.Module):
         padded = padded_length(l, mixers[0].torch_chunk_size)
         inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l)).view(2, b * padded, d)
         # Weights laid out (k, in, out) contiguously: a strided operand halves bmm's speed on CPU.
-        w_in = torch.stack([(mx.in_proj.weight * block.norm.weight).t() for mx, block in zip(mixers, blocks)])
+        # The effective weights (linear_weight.py): a LoRA adapter on in_proj is applied here too.
+        w_in = torch.stack([(effective_weight(mx.in_proj) * block.norm.weight).t() for mx, block in zip(mixers, blocks)])
+        if any(effective_bias(mx.in_proj) is not None for mx in mixers):
+            raise NotImplementedError("Mamba2's in_proj has no bias; a LoRA bias on it (peft's lora_bias) is not supported")
         zxbcdt = per_mixer_matmul(inputs, w_in.to(inputs.dtype)).view(2, b, padded, -1)
         out = mix_and_project(mixers, zxbcdt)[:, :, :l]  # (2 b l d)
         return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)

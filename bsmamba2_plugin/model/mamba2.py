@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .backend import check_backend, mamba_ssm_kernels, use_mamba_ssm
+from .linear_weight import effective_bias, effective_weight, stacked_linear
 from .ssd import ssd_chunked, ssd_graph
 
 # The PyTorch scan's chunk length. It is not a weight: any chunk gives the same result up to
@@ -133,7 +134,7 @@ class Mamba2(nn.Module):
                 zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias, A,
                 D=self.D, chunk_size=self.chunk_size, activation="silu",
                 rmsnorm_weight=self.norm.weight, rmsnorm_eps=self.norm.eps,
-                outproj_weight=self.out_proj.weight, outproj_bias=None,
+                outproj_weight=effective_weight(self.out_proj), outproj_bias=effective_bias(self.out_proj),
                 headdim=self.headdim, ngroups=self.ngroups, norm_before_gate=False,
             )
         # Without causal-conv1d mamba-ssm itself falls back to nn.Conv1d and the Triton scan.
@@ -253,7 +254,9 @@ def _mix_and_project(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
             gate = F.silu(fp32_or_wider(z), inplace=scratch and z.dtype != y.dtype)  # in place only on a cast copy
             gated = y.mul_(gate) if scratch else y * gate  # fp32
 
-    w_out = stacked(mixers, "out_proj.weight")  # (k d_model d_inner)
+    w_out, b_out = stacked_linear([mx.out_proj for mx in mixers])  # (k d_model d_inner), effective: LoRA included
+    if b_out is not None:
+        raise NotImplementedError("Mamba2's out_proj has no bias; a LoRA bias on it (peft's lora_bias) is not supported")
     if g > 1:
         normed = group_rmsnorm(gated, stacked(mixers, "norm.weight")[:, None, None], m.norm.group_size, m.norm.eps)
         normed = normed.to(z.dtype).view(k, b * l, -1)

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--draw_spectro must be 0 (off) or a number of seconds, got {args.draw_spectro:g}")
     for name, default in UNSUPPORTED.items():
         if getattr(args, name) != default:
-            parser.error(f"--{name} is an MSST option that bsmamba2_plugin.separate does not support")
+            parser.error(f"--{name} is an MSST option that bsmamba2_plugin.separate does not support: a LoRA "
+                         f"checkpoint of python -m bsmamba2_plugin.train holds merged weights and loads without it")
     output_format = OutputFormat(flac=args.flac_file, pcm_type=args.pcm_type)
     device = args.device
     if args.force_cpu:

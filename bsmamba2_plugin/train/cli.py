@@ -22,9 +22,6 @@ DEMO_RESULTS = Path("results") / "bsmamba2_demo"
 
 # MSST train.py options this trainer does not implement, and why.
 MSST_ONLY_FLAGS = {
-    "--train_lora_peft": "peft adapts nn.Linear outputs, which BSMamba2's fused Mamba2 path bypasses (it reads "
-                         "the projection weights); use --train_lora_loralib (same lora: keys, weight-space LoRA)",
-    "--lora_checkpoint_peft": "peft adapters are not supported; use --train_lora_loralib",
     "--safe_mode": "errors are never silently skipped (non-finite losses are counted and reported instead)",
 }
 
@@ -77,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="LoRA with the config's lora: section (r, lora_alpha); checkpoints hold merged weights")
     msst.add_argument("--lora_checkpoint_loralib", default="",
                       help="start the LoRA adapters from this file (lora_state_dict of an earlier run)")
+    msst.add_argument("--train_lora_peft", action="store_true",
+                      help="LoRA through peft: LoraConfig(**lora:) (lora.target_modules required); checkpoints hold "
+                           "merged weights, the adapter goes beside each as a peft folder <checkpoint>_lora_ (MSST's name)")
+    msst.add_argument("--lora_checkpoint_peft", default="",
+                      help="start from this peft adapter folder (PeftModel.from_pretrained, LoRA trainable)")
     msst.add_argument("--wandb_key", default="", help="log to Weights & Biases (project msst) with this API key")
     msst.add_argument("--wandb_offline", action="store_true", help="log to a local wandb run under --results_path")
     msst.add_argument("--set_per_process_memory_fraction", action="store_true",

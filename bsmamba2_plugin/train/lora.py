@@ -1,12 +1,12 @@
 """LoRA fine-tuning (`--train_lora_loralib`, MSST's `lora:` section), applied in weight space.
 
 MSST's loralib path swaps every nn.Linear for `loralib.Linear`, which adds the low-rank update to
-the layer's *output*. BSMamba2's fused bidirectional path reads the Mamba2 projections'
-`.weight` directly (both directions in one GEMM), so an output-side adapter would be skipped there
-without a word. Here the update goes on the weight instead: every nn.Linear weight is
-reparametrised as W + (B @ A) * lora_alpha / r (torch.nn.utils.parametrize), so every code path
-that reads `.weight` sees it. One exception: Mamba2's out_proj, which the fused path reads with
-`Module.get_parameter` (that refuses a computed weight), keeps no adapter; the start-up lines say so.
+the layer's *output*. BSMamba2's batched products (band split, mask estimator, the fused
+bidirectional Mamba2 in_proj and out_proj) read the layers' weights instead of calling them; they
+read them through `bsmamba2_plugin.model.linear_weight.effective_weight`, which gives a
+loralib.Linear's W + (B @ A) * scaling too, so MSST's own train.py adapts them correctly. Here the
+update goes on the weight directly: every nn.Linear weight, Mamba2's out_proj included, is
+reparametrised as W + (B @ A) * lora_alpha / r (torch.nn.utils.parametrize).
 Without dropout this is exactly loralib's Linear: same A (Kaiming uniform) and B (zeros)
 initialisation, same scaling, same trainable set (only lora_A/lora_B; loralib's
 `mark_only_lora_as_trainable` with bias "none").
@@ -73,29 +73,21 @@ def lora_settings(section: Mapping[str, Any] | None) -> tuple[int, float]:
     return int(section["r"]), float(section.get("lora_alpha", 1.0))
 
 
-def _skipped(name: str) -> bool:
-    # Mamba2's out_proj: the fused path reads it with Module.get_parameter, which refuses a
-    # reparametrised (computed) weight; a model-side `mixer.out_proj.weight` would lift this.
-    return name.endswith(".out_proj")
+def attach_lora(model: nn.Module, r: int, alpha: float) -> list[str]:
+    """Reparametrise every nn.Linear weight with a LoRA update; freeze everything else.
 
-
-def attach_lora(model: nn.Module, r: int, alpha: float) -> tuple[list[str], list[str]]:
-    """Reparametrise nn.Linear weights with a LoRA update; freeze everything else.
-
-    Returns (adapted layer names, nn.Linear layers left without an adapter)."""
+    Returns the adapted layer names."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    names, skipped = [], []
+    names = []
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and _skipped(name):
-            skipped.append(name)
-        elif isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear):
             adapter = WeightLoRA(module.out_features, module.in_features, r, alpha)
             parametrize.register_parametrization(module, "weight", adapter.to(module.weight.device))
             names.append(name)
     if not names:
         raise TrainingConfigError("--train_lora_loralib: the model has no nn.Linear layer to adapt")
-    return names, skipped
+    return names
 
 
 def merged_state_dict(state: Mapping[str, Tensor], scaling: float) -> dict[str, Tensor]:
@@ -131,3 +123,18 @@ def load_adapter(model: nn.Module, adapter: Mapping[str, Tensor], origin: str) -
             f"{' shape mismatch: ' + ', '.join(misfit[:5]) if misfit else ''}")
     model.load_state_dict({**state, **{wanted[k]: v for k, v in adapter.items()}}, strict=True)
     return len(adapter)
+
+
+class WeightSpaceLoRA:
+    """The trainer's view of an attached --train_lora_loralib adapter (lora_alpha / r)."""
+
+    library = "loralib"
+
+    def __init__(self, scaling: float):
+        self.scaling = scaling
+
+    def merged_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return merged_state_dict(state, self.scaling)
+
+    def adapter_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return adapter_state_dict(state)

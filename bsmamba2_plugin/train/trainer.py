@@ -28,7 +28,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.checkpoint import load_weights, read_state_dict, unwrap_state_dict
+from bsmamba2_plugin.checkpoint import load_weights, load_weights_only, read_state_dict, unwrap_state_dict
 from bsmamba2_plugin.config import load_config, resolve_model_type
 from bsmamba2_plugin.config_keys import warn_unused_keys
 from bsmamba2_plugin.evaluate.scoring import ALWAYS, average
@@ -54,7 +54,8 @@ from .dataset import COUNTER_NAMES, MSSTrainingDataset, SeededMSSTDataset
 from .distributed import DistributedContext
 from .ema import WeightEMA
 from .errors import NonFiniteLossError, TrainingConfigError
-from .lora import adapter_state_dict, attach_lora, load_adapter, lora_settings, merged_state_dict
+from .lora import WeightSpaceLoRA, attach_lora, load_adapter, lora_settings
+from .peft_lora import BASE_CHECKPOINT, PeftLoRA, attach_peft, peft_folder_for, save_base_checkpoint
 from .loss import COEF_DEFAULTS, MSST_LOSSES, MSSTLoss, PaperLoss
 from .optimizers import build_optimizer, build_scheduler
 from .tensorboard_log import ScalarLog, open_wandb
@@ -138,7 +139,7 @@ class Trainer:
         self.model = BSMamba2.from_config(self.config).to(self.device)
         if args.start_check_point:
             self._load_start_weights(args.start_check_point)
-        self.lora_scaling = self._attach_lora()
+        self.lora: WeightSpaceLoRA | PeftLoRA | None = self._attach_lora()
         self._freeze_layers()
         self.loss_fn = self._build_loss(training)
         self.loss_fn.check_length(self.chunk_augmentation.minimum if self.chunk_augmentation else self.chunk_size)
@@ -187,25 +188,35 @@ class Trainer:
         for line in skipped:
             self._print(f"  not loaded: {line}")
 
-    def _attach_lora(self) -> float | None:
-        """--train_lora_loralib with MSST's `lora:` section (weight-space LoRA, see lora.py); returns the scaling."""
+    def _attach_lora(self) -> WeightSpaceLoRA | PeftLoRA | None:
+        """--train_lora_loralib (weight-space LoRA, lora.py) or --train_lora_peft (peft_lora.py), MSST's `lora:`."""
         a = self.args
-        if not getattr(a, "train_lora_loralib", False):
-            if getattr(a, "lora_checkpoint_loralib", ""):
-                raise TrainingConfigError("--lora_checkpoint_loralib needs --train_lora_loralib (as in MSST)")
+        loralib, peft = getattr(a, "train_lora_loralib", False), getattr(a, "train_lora_peft", False)
+        for flag, needs, on in (("--lora_checkpoint_loralib", "--train_lora_loralib", loralib),
+                                ("--lora_checkpoint_peft", "--train_lora_peft", peft)):
+            if getattr(a, flag[2:], "") and not on:
+                raise TrainingConfigError(f"{flag} needs {needs} (as in MSST)")
+        if loralib and peft:
+            raise TrainingConfigError("--train_lora_loralib and --train_lora_peft: choose one")
+        if peft:
+            attached, summary = attach_peft(self.model, self.config.get("lora", None),
+                                            getattr(a, "lora_checkpoint_peft", ""))
+            self._print(summary)
+            return attached
+        if not loralib:
             return None
         r, alpha = lora_settings(self.config.get("lora", None))
-        names, skipped = attach_lora(self.model, r, alpha)
+        names = attach_lora(self.model, r, alpha)
         if a.lora_checkpoint_loralib:
-            stored = read_training_checkpoint(a.lora_checkpoint_loralib)
+            stored = load_weights_only(Path(a.lora_checkpoint_loralib))  # MSST's files pickle their scheduler
             adapter = stored.get("lora_state_dict") or unwrap_state_dict(stored, a.lora_checkpoint_loralib)
             count = load_adapter(self.model, adapter,
                                  f"--lora_checkpoint_loralib {a.lora_checkpoint_loralib}")
             self._print(f"Loaded {count} LoRA tensors from {a.lora_checkpoint_loralib}")
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self._print(f"LoRA: r={r}, lora_alpha={alpha:g} on {len(names)} linear layers ({trainable} trainable "
-                    f"parameters); without an adapter: {len(skipped)} Mamba2 out_proj layers (see train/lora.py)")
-        return alpha / r
+        self._print(f"LoRA: r={r}, lora_alpha={alpha:g} on {len(names)} linear layers, Mamba2's in_proj and "
+                    f"out_proj included ({trainable} trainable parameters)")
+        return WeightSpaceLoRA(alpha / r)
 
     def _freeze_layers(self) -> None:
         """MSST's --freeze_layers: parameters whose name starts with any prefix get requires_grad False."""
@@ -349,8 +360,8 @@ class Trainer:
         s = self.state
         raw = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         served = self.ema.state_dict() if self.ema is not None else raw
-        if self.lora_scaling is not None:  # plain BSMamba2 names with the adapter merged in
-            served = merged_state_dict(served, self.lora_scaling)
+        if self.lora is not None:  # plain BSMamba2 names with the adapter merged in
+            served = self.lora.merged_state_dict(served)
         payload: dict[str, Any] = {
             "model_state_dict": served,
             "optimizer_state_dict": self.optimizer.state_dict(),
@@ -372,24 +383,38 @@ class Trainer:
             "model_type": MODEL_TYPE,
             "trainer_format": FORMAT_VERSION,
         }
-        if self.ema is not None or self.lora_scaling is not None:
+        if self.ema is not None or self.lora is not None:
             payload["raw_model_state_dict"] = raw
         if self.ema is not None:
             payload["ema_updates"] = self.ema.updates
-            if self.lora_scaling is not None:
+            if self.lora is not None:
                 payload["ema_state_dict"] = self.ema.state_dict()
-        if self.lora_scaling is not None:
-            payload["lora_state_dict"] = adapter_state_dict(payload.get("ema_state_dict", raw))
+        if self.lora is not None:
+            payload["lora_state_dict"] = self.lora.adapter_state_dict(payload.get("ema_state_dict", raw))
+            payload["lora_library"] = self.lora.library
         return payload
+
+    def save_checkpoint(self, path: Path) -> None:
+        """The checkpoint file; with --train_lora_peft also its adapter as a peft folder <file name>_lora_."""
+        payload = self.checkpoint_payload()
+        save_atomically(payload, path)
+        if isinstance(self.lora, PeftLoRA):
+            self.lora.save_folder(payload.get("ema_state_dict", payload["raw_model_state_dict"]),
+                                  peft_folder_for(path))
 
     def save_last(self) -> None:
         if self.dist.is_main:
-            save_atomically(self.checkpoint_payload(), last_checkpoint_path(self.results_path))
+            self.save_checkpoint(last_checkpoint_path(self.results_path))
 
     # -------------------------------------------------------------- training
     def run(self) -> RunState:
         args, s = self.args, self.state
         self.results_path.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.lora, PeftLoRA) and self.dist.is_main:  # the base that the peft folders adapt
+            base = self.results_path / BASE_CHECKPOINT
+            save_base_checkpoint(self.lora.base_state_dict(self.model.state_dict()), base)
+            self._print(f"LoRA base weights (un-merged): {base}; each checkpoint's adapter: <checkpoint>"
+                        f"_lora_ (MSST valid.py: --start_check_point {base.name} --lora_checkpoint_peft <folder>)")
         self._print_header()
         started = time.time()
         if args.pre_valid and self.resumed_from is None and self.valid_tracks:
@@ -577,7 +602,7 @@ class Trainer:
             if epoch >= 0 and self.args.save_weights_every_epoch:
                 path = every_epoch_checkpoint_path(self.results_path, epoch, averages)
                 self._print(f"Store weights: {path}")
-                save_atomically(self.checkpoint_payload(), path)
+                self.save_checkpoint(path)
         value = float(self.dist.broadcast(value))
         if epoch < 0 or math.isnan(value):
             s.epoch_validated = True
@@ -597,7 +622,7 @@ class Trainer:
                                 for stem in dict.fromkeys(sc.stem for sc in result.scores)}
                 path = best_checkpoint_path(self.results_path, epoch, self.metric, value, per_stem)
                 self._print(f"Store weights: {path}")
-                save_atomically(self.checkpoint_payload(), path)
+                self.save_checkpoint(path)
         if isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step(score)
         s.epoch_validated = True
