@@ -79,6 +79,24 @@ def np_stft_l1_snr_db(est, ref):
     return total / len(res)
 
 
+def np_resample(x, orig_freq, new_freq, lowpass_filter_width=6, rolloff=0.99):
+    """torchaudio's sinc_interp_hann resampling from its definition, per output sample, in float64.
+
+    With the rates divided by their gcd (O, N) and base = rolloff min(O, N), output n = m N + j is
+    sum_i x[i] (base / O) sinc(t) cos^2(pi t / (2 w)), t = base ((i - m O) / O - j / N), over |t| < w
+    (w = lowpass_filter_width); j / N rounded to float32 as torchaudio computes it; ceil(N len / O)
+    outputs."""
+    g = math.gcd(orig_freq, new_freq)
+    o, n_ = orig_freq // g, new_freq // g
+    base, length = min(o, n_) * rolloff, x.shape[-1]
+    out = np.arange(-(-n_ * length // o))
+    phase = (out % n_).astype(np.float32) / np.float32(n_)  # float32 division, as torchaudio's
+    t = base * ((np.arange(length)[None, :] - (out // n_)[:, None] * o) / o - phase.astype(np.float64)[:, None])
+    taps = np.where(np.abs(t) < lowpass_filter_width,
+                    np.sinc(t) * np.cos(np.pi * t / (2 * lowpass_filter_width)) ** 2, 0.0) * base / o
+    return x.astype(np.float64) @ taps.T
+
+
 def np_log_wmse(mix, est, ref, ir):
     """mix (B, C, T), est/ref (B, C, S, T): energies of the full linear convolution with the filter."""
     from scipy.signal import fftconvolve
@@ -187,10 +205,78 @@ def test_log_wmse_equals_the_written_out_formula_and_known_values():
     power = np.maximum((mix.astype(np.float64) ** 2).sum(-1) / n, 1e-16)[:, :, None]
     plain = (-4 * np.log(((est - ref).astype(np.float64) ** 2).sum(-1) / (n * power) + 1e-8)).mean()
     assert float(snr_losses.log_wmse(t(mix), t(est), t(ref), bypass_filter=True)) == pytest.approx(plain, rel=1e-5)
-    with pytest.raises(ValueError, match="sample_rate=48000"):
-        snr_losses.log_wmse(t(mix), t(est), t(ref), sample_rate=48000)
+    for rate in (0, -44100, 44100.5, "44100", None, True, float("nan")):
+        with pytest.raises(ValueError, match=f"log_wmse at sample_rate={rate!r}: .*positive integer"):
+            snr_losses.log_wmse(t(mix), t(est), t(ref), sample_rate=rate)
+        with pytest.raises(ValueError, match=f"log_wmse at audio.sample_rate={rate!r}: .*positive integer"):
+            snr_losses.check_log_wmse_available(rate, bypass_filter=True)
+    assert float(snr_losses.log_wmse(t(mix), t(est), t(ref), sample_rate=44100.0)) == got
     with pytest.raises(ValueError, match="mixture"):
         snr_losses.log_wmse(t(mix[:1]), t(est), t(ref))
+
+
+RESAMPLE_PAIRS = ((44100, 48000), (44100, 32000), (48000, 44100), (44100, 22050), (22050, 44100))
+
+
+@pytest.mark.parametrize("orig, new", RESAMPLE_PAIRS)
+def test_resample_is_the_windowed_sinc_formula(orig, new):
+    rng = np.random.default_rng(orig + new)
+    for length in (1, 147, 1000, 2049):
+        x = rng.standard_normal((2, 3, length))
+        expected = np_resample(x, orig, new)
+        assert expected.shape[-1] == math.ceil(new * length / orig)
+        got64 = snr_losses.resample(torch.from_numpy(x), orig, new)
+        assert got64.dtype == torch.float64 and got64.shape == (2, 3, expected.shape[-1])
+        np.testing.assert_allclose(got64.numpy(), expected, rtol=0, atol=1e-10)
+        got32 = snr_losses.resample(torch.from_numpy(x).float(), orig, new)
+        np.testing.assert_allclose(got32.numpy(), expected, rtol=0, atol=2e-6)
+    x = torch.from_numpy(rng.standard_normal(500))
+    assert snr_losses.resample(x, orig, orig) is x
+    for bad in (0, -orig, orig + 0.5, True):
+        with pytest.raises(ValueError, match="positive integers"):
+            snr_losses.resample(x, bad, new)
+
+
+LOG_WMSE_RATES = (48000, 32000, 22050, 16000, 88200)
+
+
+def test_the_hearing_filter_at_other_rates_is_the_resampled_44k_filter():
+    ir = snr_losses.hearing_impulse_response()
+    assert snr_losses.hearing_impulse_response(44100) is ir and ir.shape == (4000,)
+    for rate in LOG_WMSE_RATES:
+        resampled = snr_losses.hearing_impulse_response(rate)
+        assert resampled.dtype == torch.float32 and resampled.shape == (math.ceil(4000 * rate / 44100),)
+        np.testing.assert_allclose(resampled.numpy(), np_resample(ir.numpy(), 44100, rate), rtol=0, atol=2e-6)
+    # 2x and 1/2 are exact in length: 8000 and 2000 taps
+    assert snr_losses.hearing_impulse_response(88200).shape == (8000,)
+    assert snr_losses.hearing_impulse_response(22050).shape == (2000,)
+
+
+def test_the_resampled_hearing_filter_keeps_its_response_in_hertz():
+    """Up to the gain new / orig (resampling keeps a signal's level, so a filter's tap sum scales;
+    log_wmse divides it out), |H(f)| in dB is the 44.1 kHz filter's well below the new Nyquist; the
+    44.1 kHz taps used as they are at another rate would be off by dB (44.1 kHz's 100 Hz read at 48 kHz: 1 dB)."""
+    def response_db(h, rate, hz):
+        return 20 * np.log10(np.abs(np.exp(-2j * np.pi * np.outer(hz, np.arange(h.size)) / rate) @ h))
+
+    ir = snr_losses.hearing_impulse_response().double().numpy()
+    for rate in LOG_WMSE_RATES:
+        hz = np.array([50, 100, 300, 1000, 2000, 3000, 4000, 7000, 10000, 13000])
+        hz = hz[hz <= 0.3 * min(rate, 44100)]
+        moved = response_db(snr_losses.hearing_impulse_response(rate).double().numpy(), rate, hz) - response_db(
+            ir, 44100, hz)
+        np.testing.assert_allclose(moved, 20 * np.log10(rate / 44100), atol=0.1)
+        assert np.abs(response_db(ir, rate, hz) - response_db(ir, 44100, hz)).max() > 1.0
+
+
+@pytest.mark.parametrize("rate", LOG_WMSE_RATES)
+def test_log_wmse_at_other_rates_equals_the_formula_with_the_resampled_filter(rate):
+    pytest.importorskip("scipy")
+    est, ref = pair(shape=(2, 2, 2, 5000))
+    mix = ref.sum(2)
+    ir = np_resample(snr_losses.hearing_impulse_response().numpy(), 44100, rate)
+    got = float(snr_losses.log_wmse(t(mix), t(est), t(ref), sample_rate=rate))
+    assert got == pytest.approx(np_log_wmse(mix, est, ref, ir), rel=1e-5)
 
 
 def test_log_wmse_metric_and_loss_share_the_formula(tmp_path):
@@ -210,13 +296,26 @@ def tiny_config_loaded(tmp_path):
     return load_config(tiny_config(tmp_path / "c.yaml"))
 
 
-def test_log_wmse_loss_at_another_rate_is_a_start_up_error(tmp_path):
+def test_log_wmse_loss_and_metric_at_another_rate_use_the_resampled_filter(tmp_path):
+    est, ref = pair(shape=(1, 2, 1, 6000))
+    mix = ref[:, :, 0] + 0.5
+    expected = float(snr_losses.log_wmse(t(mix), t(est), t(ref), sample_rate=48000))
+    assert metrics.log_wmse(ref[0, :, 0], est[0, :, 0], mix[0], 48000) == pytest.approx(expected, rel=1e-6)
     config = tiny_config_loaded(tmp_path)
     config.audio.sample_rate = 48000
-    with pytest.raises(TrainingConfigError, match="log_wmse_loss.*sample_rate=48000"):
+    loss = MSSTLoss(["log_wmse_loss"], {}, config)
+    assert float(loss(t(est).transpose(1, 2), t(ref).transpose(1, 2), t(mix))) == pytest.approx(-expected, rel=1e-6)
+
+
+def test_log_wmse_loss_at_a_rate_that_is_not_a_positive_integer_is_a_start_up_error(tmp_path, monkeypatch):
+    from bsmamba2_plugin.train import loss as loss_module
+
+    config = tiny_config_loaded(tmp_path)
+    # audio.sample_rate is checked when read (settings.sample_rate); the loss's own start-up check
+    # names the setting too, for a rate that reaches it some other way
+    monkeypatch.setattr(loss_module, "sample_rate", lambda config: 0)
+    with pytest.raises(TrainingConfigError, match="log_wmse_loss.*audio.sample_rate=0: .*positive integer"):
         MSSTLoss(["log_wmse_loss"], {}, config)
-    config.training.bypass_filter = True  # no filter, no rate constraint
-    MSSTLoss(["log_wmse_loss"], {}, config)
 
 
 # ----------------------------------------------------------- against the real libraries
@@ -225,8 +324,10 @@ import json, sys, numpy as np, torch
 import torch_l1_snr, torch_log_wmse
 data = np.load(sys.argv[1]); full = sys.argv[2] == "full"
 ref, mix, probe = (torch.from_numpy(data[k]) for k in ("ref", "mix", "probe"))
-losses = {"l1_snr": torch_l1_snr.L1SNRLoss(name="a"), "l1_snr_db": torch_l1_snr.L1SNRDBLoss(name="b"),
-          "log_wmse": lambda e, r: torch_log_wmse.LogWMSE(sample_rate=44100)(mix, e.transpose(1, 2), r.transpose(1, 2))}
+losses = {"l1_snr": torch_l1_snr.L1SNRLoss(name="a"), "l1_snr_db": torch_l1_snr.L1SNRDBLoss(name="b")}
+for rate in map(int, sys.argv[3].split(",")):  # other rates resample the filter with torchaudio's Resample
+    losses[f"log_wmse@{rate}"] = (lambda metric: lambda e, r: metric(mix, e.transpose(1, 2), r.transpose(1, 2)))(
+        torch_log_wmse.LogWMSE(sample_rate=rate))
 if full:
     losses["stft_l1_snr_db"] = torch_l1_snr.STFTL1SNRDBLoss(name="c")
     losses["multi_l1_snr_db"] = torch_l1_snr.MultiL1SNRDBLoss(name="d")
@@ -243,21 +344,25 @@ OURS = {"l1_snr": snr_losses.l1_snr, "l1_snr_db": snr_losses.l1_snr_db, "stft_l1
         "multi_l1_snr_db": snr_losses.multi_l1_snr_db}
 
 
-def library_values(python: str, env: dict, tmp_path: Path, full: bool, samples: int = 44100):
+def library_values(python: str, env: dict, tmp_path: Path, full: bool, samples: int = 44100,
+                   rates: tuple[int, ...] = (44100,)):
     est, ref = pair(shape=(2, 2, 2, samples))  # (batch, stems, channels, time)
     mix, probe = ref.sum(1), pair(shape=est.shape, seed=7)[0]
     np.savez(tmp_path / "a.npz", est=est, ref=ref, mix=mix, probe=probe)
-    done = subprocess.run([python, "-c", LIBRARY_SCRIPT, str(tmp_path / "a.npz"), "full" if full else "time"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([python, "-c", LIBRARY_SCRIPT, str(tmp_path / "a.npz"), "full" if full else "time",
+                           ",".join(map(str, rates))], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     theirs = json.loads(done.stdout.strip().splitlines()[-1])
     ours = {}
     for name in theirs:
         e = t(est).requires_grad_()
-        value = (snr_losses.log_wmse(t(mix), e.transpose(1, 2), t(ref).transpose(1, 2)) if name == "log_wmse"
-                 else OURS[name](e, t(ref)))
+        if name.startswith("log_wmse@"):
+            value = snr_losses.log_wmse(t(mix), e.transpose(1, 2), t(ref).transpose(1, 2),
+                                        sample_rate=int(name.split("@")[1]))
+        else:
+            value = OURS[name](e, t(ref))
         value.backward()
-        ours[name] = [float(value), float((e.grad * t(probe)).sum())]
+        ours[name] = [float(value.detach()), float((e.grad * t(probe)).sum())]
     return theirs, ours
 
 
@@ -273,7 +378,7 @@ def test_time_domain_l1_snr_and_log_wmse_equal_the_libraries(tmp_path):
             pytest.skip(f"{module} is not installed")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(STAND_IN)])}
     theirs, ours = library_values(sys.executable, env, tmp_path, full=False)
-    assert set(theirs) == {"l1_snr", "l1_snr_db", "log_wmse"}
+    assert set(theirs) == {"l1_snr", "l1_snr_db", "log_wmse@44100"}
     assert_same(theirs, ours)
 
 
@@ -281,9 +386,11 @@ def test_time_domain_l1_snr_and_log_wmse_equal_the_libraries(tmp_path):
                     reason="LOSS_REFERENCE_PYTHON (a python with torchaudio, torch-l1-snr, torch-log-wmse) is not set")
 def test_every_quantity_equals_the_libraries_with_real_torchaudio(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    rates = (44100, *LOG_WMSE_RATES)  # log_wmse's filter resampled by torchaudio's Resample at the others
     for samples in (44100, 800, 400):  # all resolutions; 2048 dropped; the time-domain fallback
-        theirs, ours = library_values(os.environ["LOSS_REFERENCE_PYTHON"], env, tmp_path, full=True, samples=samples)
-        assert len(theirs) == 5
+        theirs, ours = library_values(os.environ["LOSS_REFERENCE_PYTHON"], env, tmp_path, full=True, samples=samples,
+                                      rates=rates)
+        assert len(theirs) == 4 + len(rates)
         assert_same(theirs, ours)
 
 
