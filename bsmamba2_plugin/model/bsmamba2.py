@@ -26,7 +26,7 @@ from beartype import BeartypeConf, beartype
 from torch import Tensor, nn
 
 from .backend import check_backend, use_mamba_ssm
-from .linear_weight import effective_bias, effective_weight, is_linear, stacked_linear
+from .linear_weight import bias_free_weights, is_linear, stacked_linear
 from .mamba2 import Mamba2, RMSNorm, fp32_or_wider, mix_and_project, per_mixer_matmul
 from .ssd import padded_length
 
@@ -184,9 +184,9 @@ class BidirectionalMamba(nn.Module):
         inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l)).view(2, b * padded, d)
         # Weights laid out (k, in, out) contiguously: a strided operand halves bmm's speed on CPU.
         # The effective weights (linear_weight.py): a LoRA adapter on in_proj is applied here too.
-        w_in = torch.stack([(effective_weight(mx.in_proj) * block.norm.weight).t() for mx, block in zip(mixers, blocks)])
-        if any(effective_bias(mx.in_proj) is not None for mx in mixers):
-            raise NotImplementedError("Mamba2's in_proj has no bias; a LoRA bias on it (peft's lora_bias) is not supported")
+        w_in = bias_free_weights([mx.in_proj for mx in mixers], "in_proj")  # (k d_in_proj d)
+        norms = torch.stack([block.norm.weight for block in blocks])[:, None]  # (k 1 d)
+        w_in = (w_in * norms).transpose(1, 2).contiguous()
         zxbcdt = per_mixer_matmul(inputs, w_in.to(inputs.dtype)).view(2, b, padded, -1)
         out = mix_and_project(mixers, zxbcdt)[:, :, :l]  # (2 b l d)
         return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)

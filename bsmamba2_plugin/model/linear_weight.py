@@ -26,10 +26,11 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-__all__ = ["effective_bias", "effective_weight", "is_linear"]
+__all__ = ["bias_free_weights", "effective_bias", "effective_weight", "is_linear", "is_peft_layer"]
 
 
-def _is_peft_layer(module: nn.Module) -> bool:
+def is_peft_layer(module: nn.Module) -> bool:
+    """A peft LoRA layer (`base_layer` plus adapters), recognised without importing peft."""
     return isinstance(getattr(module, "base_layer", None), nn.Module) and hasattr(module, "get_delta_weight")
 
 
@@ -41,7 +42,7 @@ def is_linear(module: nn.Module) -> bool:
     """An nn.Linear, or a LoRA wrapper around one (loralib.Linear is an nn.Linear; peft's is not)."""
     if isinstance(module, nn.Linear):
         return True
-    return _is_peft_layer(module) and is_linear(module.base_layer)
+    return is_peft_layer(module) and is_linear(module.base_layer)
 
 
 def _warn_dropout(module: nn.Module, p: float) -> None:
@@ -77,7 +78,7 @@ def effective_weight(linear: nn.Module) -> Tensor:
     """(out_features, in_features): what `linear(x)` multiplies x by."""
     if type(linear) is nn.Linear:  # the plain model: the parameter itself, nothing computed
         return linear.weight
-    if _is_peft_layer(linear):
+    if is_peft_layer(linear):
         weight = effective_weight(linear.base_layer)
         for name, sign in _peft_updates(linear):
             if sign > 0:
@@ -97,7 +98,7 @@ def effective_bias(linear: nn.Module) -> Tensor | None:
     """(out_features,) or None: what `linear(x)` adds."""
     if type(linear) is nn.Linear:
         return linear.bias
-    if _is_peft_layer(linear):
+    if is_peft_layer(linear):
         bias = effective_bias(linear.base_layer)
         for name, sign in _peft_updates(linear):
             extra = linear.lora_B[name].bias  # peft's lora_bias
@@ -115,3 +116,12 @@ def stacked_linear(linears: list[nn.Module]) -> tuple[Tensor, Tensor | None]:
     if all(b is None for b in biases):
         return weights, None
     return weights, torch.stack([b if b is not None else weights.new_zeros(weights.shape[1]) for b in biases])
+
+
+def bias_free_weights(linears: list[nn.Module], what: str) -> Tensor:
+    """stacked_linear's (k, out, in) weights of layers that have no bias (Mamba2's in_proj, out_proj);
+    a LoRA bias on them (peft's lora_bias) would have nowhere to go in the batched products."""
+    weights, biases = stacked_linear(linears)
+    if biases is not None:
+        raise NotImplementedError(f"Mamba2's {what} has no bias; a LoRA bias on it (peft's lora_bias) is not supported")
+    return weights

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .backend import check_backend, mamba_ssm_kernels, use_mamba_ssm
-from .linear_weight import effective_bias, effective_weight, stacked_linear
+from .linear_weight import bias_free_weights, effective_bias, effective_weight
 from .ssd import ssd_chunked, ssd_graph
 
 # The PyTorch scan's chunk length. It is not a weight: any chunk gives the same result up to
@@ -157,7 +157,7 @@ def causal_conv(xBC: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     is xBC's own (l, ch) layout: no transposes, and oneDNN's depthwise kernel runs 2x (fp32) to 6x
     (bf16) faster than d_conv shifted multiply-adds (measured on (2, 62, 256, 1280)).
     """
-    k, b, l, ch = xBC.shape
+    k, _, l, ch = xBC.shape
     d_conv = weight.shape[-1]
     if torch.compiler.is_exporting():  # a graph: shifted slices of one padded copy, no in-place slice writes
         # Each tap's weights contiguous over channels (a strided tap falls off the vectorised loop).
@@ -254,9 +254,7 @@ def _mix_and_project(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
             gate = F.silu(fp32_or_wider(z), inplace=scratch and z.dtype != y.dtype)  # in place only on a cast copy
             gated = y.mul_(gate) if scratch else y * gate  # fp32
 
-    w_out, b_out = stacked_linear([mx.out_proj for mx in mixers])  # (k d_model d_inner), effective: LoRA included
-    if b_out is not None:
-        raise NotImplementedError("Mamba2's out_proj has no bias; a LoRA bias on it (peft's lora_bias) is not supported")
+    w_out = bias_free_weights([mx.out_proj for mx in mixers], "out_proj")  # (k d_model d_inner), LoRA included
     if g > 1:
         normed = group_rmsnorm(gated, stacked(mixers, "norm.weight")[:, None, None], m.norm.group_size, m.norm.eps)
         normed = normed.to(z.dtype).view(k, b * l, -1)

@@ -38,6 +38,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from bsmamba2_plugin.atomic_file import atomic_path
+from bsmamba2_plugin.model.linear_weight import is_peft_layer
 
 from .errors import TrainingConfigError
 
@@ -189,8 +190,7 @@ def attach_peft(model: nn.Module, section: Mapping[str, Any] | None, checkpoint:
         except ValueError as error:
             raise TrainingConfigError(f"lora: {error}") from error
         origin = f"r={config.r}, lora_alpha={config.lora_alpha:g}"
-    layers = {name: module for name, module in model.named_modules() if hasattr(module, "base_layer")
-              and hasattr(module, "get_delta_weight")}
+    layers = {name: module for name, module in model.named_modules() if is_peft_layer(module)}
     _refuse_layers({name: layer.base_layer for name, layer in layers.items()
                     if not isinstance(layer.base_layer, nn.Linear)})
     if not layers:
@@ -250,6 +250,6 @@ def save_base_checkpoint(state: Mapping[str, Tensor], path: Path) -> None:
 
     save_atomically({"model_state_dict": dict(state), "model_type": "bsmamba2",
                      "note": "un-merged base weights of a --train_lora_peft run; add the adapter with "
-                             "--lora_checkpoint_peft <checkpoint>_lora_peft"}, path)
+                             f"--lora_checkpoint_peft <checkpoint>{PEFT_FOLDER_SUFFIX}"}, path)
 
 
