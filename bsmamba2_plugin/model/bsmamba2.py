@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .backend import check_backend, use_mamba_ssm
 from .linear_weight import bias_free_weights, is_linear, stacked_linear
-from .mamba2 import Mamba2, RMSNorm, fp32_or_wider, mix_and_project, per_mixer_matmul
+from .mamba2 import Mamba2, RMSNorm, fp32_or_wider, in_projections, mix_and_project
 from .ssd import padded_length
 
 # BS-RoFormer's split of 1025 bins (n_fft 2048): 24 x 2, 12 x 4, 8 x 12, 8 x 24, 8 x 48, 128, 129.
@@ -182,13 +182,11 @@ class BidirectionalMamba(nn.Module):
         # Padding at the end of each direction's own sequence is causal-safe: cropped below.
         padded = padded_length(l, mixers[0].torch_chunk_size)
         inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l)).view(2, b * padded, d)
-        # Weights laid out (k, in, out) contiguously: a strided operand halves bmm's speed on CPU.
         # The effective weights (linear_weight.py): a LoRA adapter on in_proj is applied here too.
         w_in = bias_free_weights([mx.in_proj for mx in mixers], "in_proj")  # (k d_in_proj d)
         norms = torch.stack([block.norm.weight for block in blocks])[:, None]  # (k 1 d)
-        w_in = (w_in * norms).transpose(1, 2).contiguous()
-        zxbcdt = per_mixer_matmul(inputs, w_in.to(inputs.dtype)).view(2, b, padded, -1)
-        out = mix_and_project(mixers, zxbcdt)[:, :, :l]  # (2 b l d)
+        projections = in_projections(mixers, inputs, w_in * norms, (b, padded))
+        out = mix_and_project(mixers, *projections)[:, :, :l]  # (2 b l d)
         return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)
 
 

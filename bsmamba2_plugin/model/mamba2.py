@@ -12,6 +12,7 @@ of `ssd.py`.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -122,7 +123,8 @@ class Mamba2(nn.Module):
         """u: (batch, length, d_model) -> (batch, length, d_model)."""
         if use_mamba_ssm(self.backend, u):
             return self.forward_mamba_ssm(u)
-        return mix_and_project([self], self.in_proj(u).unsqueeze(0))[0]
+        w_in = bias_free_weights([self.in_proj], "in_proj")  # LoRA included
+        return mix_and_project([self], *in_projections([self], u.flatten(0, -2)[None], w_in, u.shape[:-1]))[0]
 
     def forward_mamba_ssm(self, u: Tensor) -> Tensor:
         """The same computation through mamba-ssm's kernels (CUDA tensors only)."""
@@ -139,7 +141,7 @@ class Mamba2(nn.Module):
             )
         # Without causal-conv1d mamba-ssm itself falls back to nn.Conv1d and the Triton scan.
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC = F.silu(causal_conv(xBC.unsqueeze(0), self.conv1d.weight.transpose(0, 1), self.conv1d.bias[None]))[0]
+        xBC = causal_conv_silu(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias)
         x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         y = kernels.chunk_scan(
             x.unflatten(-1, (self.nheads, self.headdim)), dt, A,
@@ -149,31 +151,42 @@ class Mamba2(nn.Module):
         return self.out_proj(self.norm(y.flatten(-2), z))
 
 
-def causal_conv(xBC: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """Depthwise causal conv, one filter bank per leading index k, in xBC's dtype.
+def causal_conv_silu(xBC: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """SiLU of the depthwise causal conv, in xBC's dtype. xBC: (b, l, ch); weight: (ch, d_conv); bias: (ch,).
 
-    xBC: (k, b, l, ch); weight: (k, ch, d_conv) (Conv1d's (ch, 1, d_conv) per k); bias: (k, ch).
-    Eagerly, each k is one depthwise conv2d over (b, ch, 1, l) seen in channels-last layout, which
-    is xBC's own (l, ch) layout: no transposes, and oneDNN's depthwise kernel runs 2x (fp32) to 6x
-    (bf16) faster than d_conv shifted multiply-adds (measured on (2, 62, 256, 1280)).
+    Eagerly, one depthwise conv2d over (b, ch, 1, l) seen in channels-last layout, which is xBC's
+    own (l, ch) layout: no transposes, and oneDNN's depthwise kernel runs 2x (fp32) to 6x (bf16)
+    faster than d_conv shifted multiply-adds (measured on (62, 256, 1280)). Without gradients on
+    CPU the SiLU is oneDNN's post-op of the same kernel (the op inductor emits): one pass fewer
+    over the output, 23 ms against 33 ms (bf16) and 41 ms (fp32) on (62, 832, 1280). The result
+    is a view of the conv's output, (b, l, ch) with the channels contiguous.
     """
-    k, _, l, ch = xBC.shape
+    _, l, ch = xBC.shape
     d_conv = weight.shape[-1]
     if torch.compiler.is_exporting():  # a graph: shifted slices of one padded copy, no in-place slice writes
         # Each tap's weights contiguous over channels (a strided tap falls off the vectorised loop).
-        taps = weight.to(xBC.dtype).transpose(1, 2).contiguous()[:, None, None]  # (k 1 1 d_conv ch)
+        taps = weight.to(xBC.dtype).transpose(0, 1).contiguous()  # (d_conv ch)
         padded = F.pad(xBC, (0, 0, d_conv - 1, 0))
-        out = bias.to(xBC.dtype)[:, None, None]
+        out = bias.to(xBC.dtype)
         for tap in range(d_conv):
-            out = out + padded[:, :, tap:tap + l] * taps[..., tap, :]
-        return out
-    banks = []
-    for i in range(k):
-        # Padding d_conv - 1 on both ends; the first l outputs are the causal ones.
-        conv = F.conv2d(xBC[i].transpose(1, 2).unsqueeze(2), weight[i, :, None, None].to(xBC.dtype),
-                        bias[i].to(xBC.dtype), padding=(0, d_conv - 1), groups=ch)  # (b ch 1 l+d_conv-1)
-        banks.append(conv[..., :l].squeeze(2).transpose(1, 2))
-    return torch.stack(banks)
+            out = out + padded[:, tap:tap + l] * taps[tap]
+        return F.silu(out)
+    # Padding d_conv - 1 on both ends; the first l outputs are the causal ones.
+    images, kernels, bias = xBC.transpose(1, 2).unsqueeze(2), weight[:, None, None].to(xBC.dtype), bias.to(xBC.dtype)
+    if xBC.device.type == "cpu" and not torch.is_grad_enabled() and _onednn_pointwise_conv() is not None:
+        conv = _onednn_pointwise_conv()(images, kernels, bias, [0, d_conv - 1], [1, 1], [1, 1], ch, "swish", [], "")
+    else:
+        conv = F.conv2d(images, kernels, bias, padding=(0, d_conv - 1), groups=ch)
+        conv = F.silu(conv, inplace=not torch.is_grad_enabled())
+    return conv[..., :l].squeeze(2).transpose(1, 2)  # (b ch 1 l+d_conv-1) -> (b l ch)
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_pointwise_conv():
+    """torch's oneDNN convolution with a fused activation, where this build of torch has it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
 
 def per_mixer_matmul(x: Tensor, weights: Tensor) -> Tensor:
@@ -197,73 +210,84 @@ def split_last(t: Tensor, sizes: Sequence[int]) -> list[Tensor]:
     return [t.narrow(-1, start, size) for start, size in zip(starts, sizes)]
 
 
-def stacked(mixers: Sequence[Mamba2], name: str) -> Tensor:
-    """One parameter of k mixers, stacked on a new leading axis."""
-    return torch.stack([mx.get_parameter(name) for mx in mixers])
+def in_projections(mixers: Sequence[Mamba2], x: Tensor, w_in: Tensor, batch_shape: Sequence[int]
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """in_proj of k mixers: x (k, tokens, d_model), w_in (k, d_in_proj, d_model) -> z, xBC, dt, each
+    (k, *batch_shape, width). Two products, so that xBC comes out dense: the depthwise conv reads a
+    dense input 2x faster than a column slice of the whole projection (measured in bf16 and fp32)."""
+    m = mixers[0]
+    w = w_in.transpose(1, 2).to(x.dtype)  # (k d_model d_in_proj)
+    conv_end = m.d_inner + m.conv_dim
+    w_xBC = w[..., m.d_inner:conv_end].contiguous()
+    w_z_dt = torch.cat([w[..., :m.d_inner], w[..., conv_end:]], dim=-1)
+    xBC = per_mixer_matmul(x, w_xBC).view(len(mixers), *batch_shape, -1)
+    z, dt = split_last(per_mixer_matmul(x, w_z_dt).view(len(mixers), *batch_shape, -1), (m.d_inner, m.nheads))
+    return z, xBC, dt
 
 
-def mix_and_project(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
+def mix_and_project(mixers: Sequence[Mamba2], z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
     """Mamba2 after in_proj (conv, scan, gated norm, out_proj) for k mixers of equal shape at once.
 
-    zxbcdt: (k, b, l, d_in_proj), slice i being mixer i's in_proj output -> (k, b, l, d_model).
-    The k mixers run as one batch of k*b sequences, so the two directions of a bidirectional
-    block share every kernel launch.
-    When gradients are needed, only zxbcdt is kept for the backward, which runs conv, scan and
-    norm again, as mamba-ssm's fused kernel does: the scan's intermediates are about seven
-    times the size of zxbcdt, and the paper's batch of 5 x 8 s would not fit a GPU with them.
+    z, xBC, dt: (k, b, l, width), slice i being mixer i's (`in_projections`) -> (k, b, l, d_model).
+    When gradients are needed, only the projections are kept for the backward, which runs conv,
+    scan and norm again, as mamba-ssm's fused kernel does: the scan's intermediates are about seven
+    times their size, and the paper's batch of 5 x 8 s would not fit a GPU with them.
     """
-    if torch.is_grad_enabled() and (zxbcdt.requires_grad or any(p.requires_grad for p in mixers[0].parameters())):
+    inputs = (z, xBC, dt)
+    if torch.is_grad_enabled() and (any(t.requires_grad for t in inputs)
+                                    or any(p.requires_grad for p in mixers[0].parameters())):
         # Nothing inside draws random numbers: no RNG state to keep for the rerun.
-        return checkpoint(_mix_and_project, mixers, zxbcdt, use_reentrant=False, preserve_rng_state=False)
-    return _mix_and_project(mixers, zxbcdt)
+        return checkpoint(_mix_and_project, mixers, *inputs, use_reentrant=False, preserve_rng_state=False)
+    return _mix_and_project(mixers, *inputs)
 
 
-def _mix_and_project(mixers: Sequence[Mamba2], zxbcdt: Tensor) -> Tensor:
-    m = mixers[0]
-    k, b, l, _ = zxbcdt.shape
+def _mix_and_project(mixers: Sequence[Mamba2], z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
+    # Mixer by mixer: the (b, l, d_inner) activations of one are never copied next to another's,
+    # and only the d_model-wide outputs are stacked.
+    return torch.stack([_mix_and_project_one(mixer, z[i], xBC[i], dt[i]) for i, mixer in enumerate(mixers)])
+
+
+def _mix_and_project_one(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
+    """One mixer after in_proj: z, xBC, dt (b, l, width) -> (b, l, d_model)."""
     g, n, h, p = m.ngroups, m.d_state, m.nheads, m.headdim
     scratch = not torch.is_grad_enabled()  # temporaries may be overwritten in place
-    z, xBC, dt = split_last(zxbcdt, (m.d_inner, m.conv_dim, h))
-    # The scan and its states run in fp32. Under bf16 autocast each bf16 tensor is cast once where
-    # it enters fp32 work: on CPU an op that mixes bf16 and fp32 operands converts element by
-    # element outside the vectorised loops, measured 30x slower than the cast plus the fp32 op.
-    with torch.autocast(device_type=zxbcdt.device.type, enabled=False):
-        # The conv and its SiLU in the input's dtype (under autocast bf16, as causal-conv1d's output),
-        # the scan's inputs cast to fp32 after it.
-        xBC = F.silu(causal_conv(xBC, stacked(mixers, "conv1d.weight").squeeze(2), stacked(mixers, "conv1d.bias")),
-                     inplace=scratch)
-        x, B, C = (fp32_or_wider(t) for t in split_last(xBC, (m.d_inner, g * n, g * n)))
-        dt = F.softplus(fp32_or_wider(dt) + fp32_or_wider(stacked(mixers, "dt_bias"))[:, None, None])  # (k b l h)
-        A = -torch.exp(fp32_or_wider(stacked(mixers, "A_log")))[:, None, None]  # (k 1 1 h)
-        x = x.reshape(k * b, l, h, p)
-        # Traced for a graph (ONNX export), the scan is the form written for one (a Scan node over
-        # chunks: the graph does not grow with heads and chunks); run eagerly, the tuned one.
-        scan = ssd_graph if torch.compiler.is_exporting() else ssd_chunked
-        y = scan(
-            fp32_or_wider(x * dt.reshape(k * b, l, h, 1)), (dt * A).reshape(k * b, l, h),
-            fp32_or_wider(B).reshape(k * b, l, g, n), fp32_or_wider(C).reshape(k * b, l, g, n),
-            chunk_size=m.torch_chunk_size,
-        ).reshape(k, b, l, h, p)
-        D = fp32_or_wider(stacked(mixers, "D"))[:, None, None, :, None]  # (k 1 1 h 1)
-        y = y.addcmul_(x.view(k, b, l, h, p), D).reshape(k, b, l, m.d_inner)
+    exporting = torch.compiler.is_exporting()
+    # Without gradients the scan's products run in the activations' dtype (bf16 under autocast, as in
+    # mamba-ssm's kernels; its decays stay fp32: see ssd._scan_inference); for training and for a
+    # graph everything from the conv's output on is fp32. Each bf16 tensor is cast once where it
+    # enters fp32 work: on CPU an op that mixes bf16 and fp32 operands runs outside the vectorised loops.
+    bf16_scan = scratch and not exporting and z.dtype == torch.bfloat16
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        # The conv and its SiLU in the input's dtype (under autocast bf16, as causal-conv1d's output).
+        xBC = causal_conv_silu(xBC, m.conv1d.weight.squeeze(1), m.conv1d.bias)
+        x, B, C = (t if bf16_scan else fp32_or_wider(t) for t in split_last(xBC, (m.d_inner, g * n, g * n)))
+        x, B, C = x.unflatten(-1, (h, p)), B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n))
+        dt = F.softplus(fp32_or_wider(dt) + fp32_or_wider(m.dt_bias))  # (b l h)
+        a = dt * -torch.exp(fp32_or_wider(m.A_log))
+        D = fp32_or_wider(m.D)
+        if exporting:  # the form written for a graph: a Scan node over chunks, heads batched
+            y = ssd_graph(x * dt.unsqueeze(-1), a, B, C, chunk_size=m.torch_chunk_size) + x * D[:, None]
+        else:
+            y = ssd_chunked(x, a, B, C, m.torch_chunk_size, dt=dt, D=D)
+        y = y.flatten(-2)  # (b l d_inner)
         if z.dtype == torch.bfloat16 and g == 1:
             # bf16 from the scan's output on, as mamba-ssm's kernels under autocast (y and z in bf16):
             # half the memory traffic of an fp32 gate, and out_proj reads the product without a cast.
-            gated = y.to(z.dtype).mul_(F.silu(z))
-        else:
-            gate = F.silu(fp32_or_wider(z), inplace=scratch and z.dtype != y.dtype)  # in place only on a cast copy
-            gated = y.mul_(gate) if scratch else y * gate  # fp32
+            gated = F.silu(z).mul_(y.to(z.dtype))  # contiguous, as out_proj reads it
+        else:  # fp32; the product goes into the gate, a fresh tensor (y is a strided view of the padded scan output)
+            z32 = fp32_or_wider(z)
+            gate = F.silu(z32, inplace=scratch and z32 is not z)  # in place only on a cast copy
+            gated = gate.mul_(fp32_or_wider(y)) if scratch else gate * fp32_or_wider(y)
 
-    w_out = bias_free_weights([mx.out_proj for mx in mixers], "out_proj")  # (k d_model d_inner), LoRA included
+    w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner), LoRA included
     if g > 1:
-        normed = group_rmsnorm(gated, stacked(mixers, "norm.weight")[:, None, None], m.norm.group_size, m.norm.eps)
-        normed = normed.to(z.dtype).view(k, b * l, -1)
-        return per_mixer_matmul(normed, w_out.transpose(1, 2).to(z.dtype)).view(k, b, l, -1)
+        normed = group_rmsnorm(gated, m.norm.weight, m.norm.group_size, m.norm.eps)
+        return normed.to(z.dtype) @ w_out.t().to(z.dtype)
     # One group: RMSNorm's weight folds into out_proj and its per-token scale commutes with it,
     # so both apply on the 4x narrower output instead of passing over the d_inner activations.
     # For bf16 the sum is accumulated in fp32 and rounded once (asking for an fp32 result copies the input).
     norm = fp32_or_wider(torch.linalg.vector_norm(gated, dim=-1, keepdim=True))
     inv_rms = torch.rsqrt(norm.square() / m.d_inner + m.norm.eps)
-    w_folded = (w_out * stacked(mixers, "norm.weight")[:, None]).transpose(1, 2).to(z.dtype)  # (k d_inner d_model)
-    out = per_mixer_matmul(gated.to(z.dtype).view(k, b * l, -1), w_folded).view(k, b, l, -1)
+    w_folded = (w_out * m.norm.weight).t().to(z.dtype)  # (d_inner d_model)
+    out = gated.to(z.dtype) @ w_folded
     return (fp32_or_wider(out) * inv_rms).to(z.dtype)
