@@ -170,3 +170,17 @@ def test_bf16_products_stay_close_to_the_exact_scan(length: int) -> None:
     assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
     assert sdr_db(expected, fp32) > 100
     assert sdr_db(expected, got) > 35, f"bf16 products: {sdr_db(expected, got):.1f} dB from the exact scan"
+
+
+@pytest.mark.parametrize("length", [7, 64, 801])
+def test_gate_applied_inside_the_scan(length: int) -> None:
+    """z (as mamba-ssm's chunk scan's): y * silu(z), on the inference and the differentiable path."""
+    x, a, B, C, dt, D = raw_scan_inputs(length)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=x.dtype)
+    expected = folded_by_hand(x, a, B, C, dt, D) * F.silu(z)
+    with torch.no_grad():
+        inference = ssd_chunked(x, a, B, C, 64, dt=dt, D=D, z=z)
+    inputs = [t.clone().requires_grad_() for t in (x, a, B, C, dt, D, z)]
+    differentiable = ssd_chunked(*inputs[:4], 64, dt=inputs[4], D=inputs[5], z=inputs[6])
+    for got in (inference, differentiable):
+        assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-9

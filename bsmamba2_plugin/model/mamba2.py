@@ -270,21 +270,13 @@ def _mix_and_project_one(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tenso
         D = fp32_or_wider(m.D)
         if exporting:  # the form written for a graph: a Scan node over chunks, heads batched
             y = ssd_graph(x * dt.unsqueeze(-1), a, B, C, chunk_size=m.torch_chunk_size) + x * D[:, None]
-        else:
-            y = ssd_chunked(x, a, B, C, m.torch_chunk_size, dt=dt, D=D)
-        y = y.flatten(-2)  # (b l d_inner)
-        if z.dtype == torch.bfloat16 and g == 1:
-            # bf16 from the scan's output on, as mamba-ssm's kernels under autocast (y and z in bf16):
-            # half the memory traffic of an fp32 gate, and out_proj reads the product without a cast.
-            gated = F.silu(z).mul_(y.to(z.dtype))  # contiguous, as out_proj reads it
-        else:  # fp32; the product goes into the gate, a fresh tensor (y is a strided view of the padded scan output)
-            z32 = fp32_or_wider(z)
-            gate = F.silu(z32, inplace=scratch and z32 is not z)  # in place only on a cast copy
-            gated = gate.mul_(fp32_or_wider(y)) if scratch else gate * fp32_or_wider(y)
+            gated = F.silu(fp32_or_wider(z)) * y.flatten(-2)
+        else:  # the gate inside the scan, as mamba-ssm's chunk scan takes z: on each block while in cache
+            gated = ssd_chunked(x, a, B, C, m.torch_chunk_size, dt=dt, D=D, z=z.unflatten(-1, (h, p))).flatten(-2)
 
     w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner), LoRA included
     if g > 1:
-        normed = group_rmsnorm(gated, m.norm.weight, m.norm.group_size, m.norm.eps)
+        normed = group_rmsnorm(fp32_or_wider(gated), m.norm.weight, m.norm.group_size, m.norm.eps)
         return normed.to(z.dtype) @ w_out.t().to(z.dtype)
     # One group: RMSNorm's weight folds into out_proj and its per-token scale commutes with it,
     # so both apply on the 4x narrower output instead of passing over the d_inner activations.

@@ -46,21 +46,23 @@ def chunk_layout(length: int, chunk_size: int) -> tuple[int, int, int]:
 
 
 def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
-                dt: Tensor | None = None, D: Tensor | None = None) -> Tensor:
+                dt: Tensor | None = None, D: Tensor | None = None, z: Tensor | None = None) -> Tensor:
     """Chunked SSD scan.
 
     x: (b, l, h, p) inputs, times dt unless `dt` is given; a: (b, l, h) log decays dt * A (<= 0);
     B, C: (b, l, g, n), each group's B and C shared by h / g heads; dt: (b, l, h) step sizes (> 0)
-    for raw x; D: (h,) or (b, h) skip, y += D x. Returns y: (b, l, h, p) in x's dtype.
+    for raw x; D: (h,) or (b, h) skip, y += D x; z: (b, l, h, p) gate, y * silu(z) (as the z of
+    mamba-ssm's chunk scan). Returns y: (b, l, h, p) in x's dtype.
     A sequence no longer than `chunk_size` is one chunk: no state to carry, which keeps the
     short band axis cheap. Input of `padded_length` needs no padding copy here.
     Without gradients the matrix products run in x's dtype (bf16 under autocast, see
     `_scan_inference`); with them, in float32.
     """
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, B, C, dt, D))):
-        return _scan_inference(x, a, B, C, chunk_size, dt, D)
+        return _scan_inference(x, a, B, C, chunk_size, dt, D, z)
     y = _scan_differentiable(x if dt is None else x * dt.unsqueeze(-1), a, B, C, chunk_size)
-    return y if D is None else torch.addcmul(y, x, D.reshape(-1, 1, x.shape[2], 1))
+    y = y if D is None else torch.addcmul(y, x, D.reshape(-1, 1, x.shape[2], 1))
+    return y if z is None else y * F.silu(z.to(y.dtype))
 
 
 # Sequences per step of `_scan_inference`, chosen so that a step's (heads x Q x Q) decays stay in
@@ -69,7 +71,7 @@ SCAN_BLOCK_BYTES = 4 << 20
 
 
 def _scan_inference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
-                    dt: Tensor | None, D: Tensor | None) -> Tensor:
+                    dt: Tensor | None, D: Tensor | None, z: Tensor | None) -> Tensor:
     """`ssd_chunked` without gradients, for speed on CPU.
 
     The cumulative decays and their exponentials are float32 whatever x's dtype. The products and
@@ -79,8 +81,9 @@ def _scan_inference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
     state between chunks is held in bf16 too: on CPU there is no bf16 product with a float32
     result, and adding a bf16 product into a float32 state costs more than the product.
     dt goes into the exponent (exp(a_t - a_s + log dt_s)) and D onto the scores' diagonal, which
-    spares two passes over the (l x h x p) activations. The work goes in blocks of sequences, chunk
-    by chunk, so that each step's temporaries stay in cache.
+    spares two passes over the (l x h x p) activations, and the gate applies to each block of y
+    while it is in cache. The work goes in blocks of sequences, chunk by chunk, so that each
+    step's temporaries stay in cache.
     """
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
@@ -107,6 +110,7 @@ def _scan_inference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
     CB = (Cc @ Bc.transpose(-1, -2)).masked_fill_(~causal, 0.0).to(a_cum.dtype).unsqueeze(3)  # (b c g 1 q_t q_s)
     xc = x.view(b, c, q, h, p)
     x_heads = xc.transpose(2, 3).contiguous()  # (b c h q p): one product for all heads of a chunk
+    gates = None if z is None else _pad_time(z, padded - l).view(b, c, q, h, p)
     y = x.new_empty(b, c, q, h, p)
 
     # The scores are formed in float32 and rounded once for the product: four float32 passes and a
@@ -131,11 +135,14 @@ def _scan_inference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
             inside = inside.view(k, h, q, p).transpose(1, 2)  # (k q h p)
 
             # 2. From the chunks before: C_t^T state exp(a_cum_t), the state carried chunk by chunk.
+            y_j = y[rows, j]  # (k q h p)
             if j > 0:
                 carried = (Cc[rows, j] @ state).view(k, g, q, hg, p).transpose(1, 2).reshape(k, q, h, p)
-                torch.addcmul(inside, carried, decay_in[rows, j], out=y[rows, j])
+                torch.addcmul(inside, carried, decay_in[rows, j], out=y_j)
             else:
-                y[rows, j] = inside
+                y_j.copy_(inside)
+            if gates is not None:
+                y_j.mul_(F.silu(gates[rows, j]).to(products))
 
             if j < c - 1:  # state at the chunk's end: decayed old state plus B^T (x decayed to the end)
                 weighted = (xc[rows, j] * to_end[rows, j]).view(k, q, g, hg * p).transpose(1, 2)
