@@ -8,7 +8,9 @@ own YAMLs in the checkout given by --msst_checkout:
     config_vocals_mdx23c.yaml, config_vocals_scnet.yaml
 
 and ours from configs/bsmamba2_vocals_paper.yaml in fp32 and with `--precision auto`. Per model it
-prints the parameters, the seconds per 8 s of stereo audio (one forward at the model's own chunk
+prints the parameters, the matrix-product FLOPs per second of audio and per song (counted by
+torch's FlopCounterMode on one forward at the model's chunk: what explains the gaps on a CPU
+without native bf16), the seconds per 8 s of stereo audio (one forward at the model's own chunk
 size, scaled to 8 s) and the projected wall time for a 3-minute song with that config's own
 inference settings (chunk size, num_overlap; MSST's demix runs ceil((song + 2 border) / step)
 chunks with step = chunk // num_overlap, border = chunk - step). MSST's own bs_mamba2 imports
@@ -88,6 +90,15 @@ def time_forward(model: torch.nn.Module, audio: torch.Tensor, repeats: int, warm
     return best
 
 
+def count_flops(model: torch.nn.Module, audio: torch.Tensor) -> int:
+    """Matrix-product and convolution FLOPs (2 x multiply-adds) of one forward, as torch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(audio)
+    return counter.get_total_flops()
+
+
 def msst_factory(checkout: Path):
     """MSST's own get_model_from_config, imported from the checkout."""
     if not (checkout / "utils" / "settings.py").is_file():
@@ -121,10 +132,12 @@ def main() -> None:
     rows = []
 
     def add_row(name: str, parameters: int, chunk: int, num_overlap: int, seconds: float | None,
-                note: str = "") -> None:
+                note: str = "", flops: int | None = None) -> None:
         per_8s = None if seconds is None else seconds * 8 * SAMPLE_RATE / chunk
         song_s = None if seconds is None else seconds * demix_chunks(song, chunk, num_overlap)
-        rows.append((name, parameters, chunk, num_overlap, per_8s, song_s, note))
+        per_second = None if flops is None else flops * SAMPLE_RATE / chunk
+        song_flops = None if flops is None else flops * demix_chunks(song, chunk, num_overlap)
+        rows.append((name, parameters, chunk, num_overlap, per_second, song_flops, per_8s, song_s, note))
         print(f"  measured {name}: {'-' if seconds is None else f'{seconds:.2f} s per chunk'} {note}", flush=True)
 
     os.chdir(args.msst_checkout)  # MSST resolves some paths relative to its root
@@ -136,7 +149,7 @@ def main() -> None:
         chunk, overlap = inference_settings(config)
         batch = audio[..., :chunk] if chunk <= longest else torch.randn(1, 2, chunk, device=device) * 0.1
         add_row(f"MSST {model_type}", sum(p.numel() for p in model.parameters()), chunk, overlap,
-                time_forward(model, batch, args.repeats, args.warmup))
+                time_forward(model, batch, args.repeats, args.warmup), flops=count_flops(model, batch))
         del model
 
     if not args.only or "bs_mamba2" in args.only:
@@ -151,7 +164,8 @@ def main() -> None:
             model = model.to(device).eval()
             chunk, overlap = inference_settings(config)
             add_row(f"MSST {model_type}", sum(p.numel() for p in model.parameters()), chunk, overlap,
-                    time_forward(model, audio[..., :chunk], args.repeats, args.warmup))
+                    time_forward(model, audio[..., :chunk], args.repeats, args.warmup),
+                    flops=count_flops(model, audio[..., :chunk]))
             del model
 
     if not args.only or "bsmamba2" in args.only:
@@ -159,20 +173,23 @@ def main() -> None:
         model = BSMamba2.from_config(config).to(device).eval()
         chunk, overlap = inference_settings(config)
         parameters = sum(p.numel() for p in model.parameters())
+        flops = count_flops(model, audio[..., :chunk])  # the same products in either precision
         add_row("ours bsmamba2 fp32", parameters, chunk, overlap,
-                time_forward(model, audio[..., :chunk], args.repeats, args.warmup))
+                time_forward(model, audio[..., :chunk], args.repeats, args.warmup), flops=flops)
         auto = resolve_precision("auto", device, bool(config.training.get("use_amp", True)))
         add_row(f"ours bsmamba2 auto={auto.name}", parameters, chunk, overlap,
-                time_forward(model, audio[..., :chunk], args.repeats, args.warmup, auto), f"({auto.reason})")
+                time_forward(model, audio[..., :chunk], args.repeats, args.warmup, auto), f"({auto.reason})", flops)
 
-    print(f"\n| model | parameters | chunk (samples) | num_overlap | s per 8 s of stereo | "
-          f"{args.song_seconds / 60:g}-min song (min) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, parameters, chunk, overlap, per_8s, song_s, note in rows:
+    print(f"\n| model | parameters | chunk (samples) | num_overlap | GFLOP per s of audio | TFLOP per song | "
+          f"s per 8 s of stereo | {args.song_seconds / 60:g}-min song (min) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, parameters, chunk, overlap, per_second, song_flops, per_8s, song_s, note in rows:
         per = "-" if per_8s is None else f"{per_8s:.1f}"
         minutes = "-" if song_s is None else f"{song_s / 60:.1f}"
         params = "-" if not parameters else f"{parameters / 1e6:.1f} M"
-        print(f"| {name} {note} | {params} | {chunk} | {overlap} | {per} | {minutes} |")
+        gflops = "-" if per_second is None else f"{per_second / 1e9:.0f}"
+        tflops = "-" if song_flops is None else f"{song_flops / 1e12:.1f}"
+        print(f"| {name} {note} | {params} | {chunk} | {overlap} | {gflops} | {tflops} | {per} | {minutes} |")
 
 
 if __name__ == "__main__":
