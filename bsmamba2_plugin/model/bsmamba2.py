@@ -26,9 +26,8 @@ from beartype import BeartypeConf, beartype
 from torch import Tensor, nn
 
 from .backend import check_backend, use_mamba_ssm
-from .linear_weight import bias_free_weights, is_linear, stacked_linear
-from .mamba2 import Mamba2, RMSNorm, fp32_or_wider, in_projections, mix_and_project
-from .ssd import padded_length
+from .linear_weight import is_linear, stacked_linear
+from .mamba2 import Mamba2, RMSNorm, both_directions, fp32_or_wider
 
 # BS-RoFormer's split of 1025 bins (n_fft 2048): 24 x 2, 12 x 4, 8 x 12, 8 x 24, 8 x 48, 128, 129.
 DEFAULT_FREQS_PER_BANDS = (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
@@ -165,29 +164,9 @@ class BidirectionalMamba(nn.Module):
         if use_mamba_ssm(fwd.mixer.backend, x):
             both = torch.cat([fwd(x), bwd(x.flip(1)).flip(1)], dim=-1)
         else:
-            both = self.both_directions_fused(x)
+            # The PyTorch path: both Blocks as one computation (mamba2.py).
+            both = both_directions(x, [fwd.mixer, bwd.mixer], [fwd.norm.weight, bwd.norm.weight], fwd.norm.eps)
         return F.linear(both, self.linear.weight.squeeze(-1).t(), self.linear.bias) + x
-
-    def both_directions_fused(self, x: Tensor) -> Tensor:
-        """The two Blocks of `forward` as one computation (PyTorch path).
-
-        RMSNorm's weight folds into in_proj, so both directions project x / rms(x); the
-        backward direction gets the time-reversed input, and both run as one batch.
-        """
-        blocks = (self.forward_blocks[0], self.backward_blocks[0])
-        mixers = [block.mixer for block in blocks]
-        b, l, d = x.shape
-        x32 = fp32_or_wider(x)
-        x_hat = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + blocks[0].norm.eps)).to(x.dtype)
-        # Padding at the end of each direction's own sequence is causal-safe: cropped below.
-        padded = padded_length(l, mixers[0].torch_chunk_size)
-        inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l)).view(2, b * padded, d)
-        # The effective weights (linear_weight.py): a LoRA adapter on in_proj is applied here too.
-        w_in = bias_free_weights([mx.in_proj for mx in mixers], "in_proj")  # (k d_in_proj d)
-        norms = torch.stack([block.norm.weight for block in blocks])[:, None]  # (k 1 d)
-        projections = in_projections(mixers, inputs, w_in * norms, (b, padded))
-        out = mix_and_project(mixers, *projections)[:, :, :l]  # (2 b l d)
-        return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)
 
 
 class BSMamba2(nn.Module):

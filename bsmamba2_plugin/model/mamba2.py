@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .backend import check_backend, mamba_ssm_kernels, use_mamba_ssm
 from .linear_weight import bias_free_weights, effective_bias, effective_weight
-from .ssd import ssd_chunked, ssd_graph
+from .ssd import padded_length, ssd_chunked, ssd_graph
 
 # The PyTorch scan's chunk length. It is not a weight: any chunk gives the same result up to
 # rounding. On CPU short chunks win (the quadratic part grows with Q); benchmarks/ measures it.
@@ -224,6 +224,26 @@ def in_projections(mixers: Sequence[Mamba2], x: Tensor, w_in: Tensor, batch_shap
     xBC = per_mixer_matmul(x, w_xBC).view(len(mixers), *batch_shape, -1)
     z, dt = split_last(per_mixer_matmul(x, w_z_dt).view(len(mixers), *batch_shape, -1), (m.d_inner, m.nheads))
     return z, xBC, dt
+
+
+def both_directions(x: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[Tensor], eps: float) -> Tensor:
+    """Two pre-norm residual blocks, x + Mamba2(RMSNorm(x)), one on x and one on x reversed in time,
+    as one computation: (b, l, d) -> (b, l, 2 d), the directions concatenated (the second flipped back).
+
+    RMSNorm's weight folds into in_proj, so both directions project x / rms(x); the reversed
+    direction gets the time-reversed input, and both run every product as one batch.
+    """
+    b, l, d = x.shape
+    x32 = fp32_or_wider(x)
+    x_hat = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    # Padding at the end of each direction's own sequence is causal-safe: cropped below.
+    padded = padded_length(l, mixers[0].torch_chunk_size)
+    inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l)).view(2, b * padded, d)
+    # The effective weights (linear_weight.py): a LoRA adapter on in_proj is applied here too.
+    w_in = bias_free_weights([mx.in_proj for mx in mixers], "in_proj")  # (k d_in_proj d)
+    projections = in_projections(mixers, inputs, w_in * torch.stack(list(norm_weights))[:, None], (b, padded))
+    out = mix_and_project(mixers, *projections)[:, :, :l]  # (2 b l d)
+    return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)
 
 
 def mix_and_project(mixers: Sequence[Mamba2], z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
