@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -64,21 +65,17 @@ def main() -> None:
 
         nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
         print(f"export: {export_seconds:.1f} s, {nodes} graph nodes, {path.stat().st_size / 2**20:.0f} MiB")
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.enable_cpu_mem_arena = False  # as OnnxChunkModel: the arena outgrows the machine's memory
-        chunk_model = OnnxChunkModel(path)
-        chunk_model.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        chunk_model = OnnxChunkModel(path, threads=args.threads)  # the package's session options
         chunk_model(audio)  # warm-up
         t_onnx, onnx_out = best_of(args.repeats, lambda: chunk_model(audio))
+        onnx_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     with torch.inference_mode():
         model(audio)
         t_torch, torch_out = best_of(args.repeats, lambda: model(audio))
     error = ((onnx_out - torch_out).abs().max() / torch_out.abs().max()).item()
     print(f"one chunk, best of {args.repeats}: onnxruntime {t_onnx:.2f} s, PyTorch fp32 {t_torch:.2f} s "
           f"-> onnxruntime / PyTorch = {t_onnx / t_torch:.2f} (target <= 1); max relative difference {error:.1e}")
+    print(f"peak RSS of the process up to the onnxruntime runs: {onnx_peak:.1f} GiB")
 
 
 if __name__ == "__main__":
