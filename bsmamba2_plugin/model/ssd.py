@@ -58,7 +58,7 @@ def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
     Without gradients the matrix products run in x's dtype (bf16 under autocast, see
     `_scan_inference`); with them, in float32.
     """
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, B, C, dt, D))):
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, B, C, dt, D, z))):
         return _scan_inference(x, a, B, C, chunk_size, dt, D, z)
     y = _scan_differentiable(x if dt is None else x * dt.unsqueeze(-1), a, B, C, chunk_size)
     y = y if D is None else torch.addcmul(y, x, D.reshape(-1, 1, x.shape[2], 1))
