@@ -67,7 +67,13 @@ def test_forward_equals_the_recurrence(length: int, ngroups: int) -> None:
         layer.D.normal_()
         layer.norm.weight.normal_()
     u = torch.randn(2, length, 32, dtype=torch.float64)
-    torch.testing.assert_close(layer(u), mamba2_by_recurrence(layer, u), rtol=1e-9, atol=1e-9)
+    expected = mamba2_by_recurrence(layer, u)
+    torch.testing.assert_close(layer(u), expected, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():  # the inference path (its conv is oneDNN's for float32 and bf16 only)
+        torch.testing.assert_close(layer(u), expected, rtol=1e-9, atol=1e-9)
+        # the form the ONNX export traces, channels first (run eagerly here)
+        graph = mamba2.graph_mixer(layer, u, layer.in_proj.weight)
+    torch.testing.assert_close(graph, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_bf16_autocast_scan_dtypes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -124,6 +124,8 @@ class Mamba2(nn.Module):
         if use_mamba_ssm(self.backend, u):
             return self.forward_mamba_ssm(u)
         w_in = bias_free_weights([self.in_proj], "in_proj")  # LoRA included
+        if torch.compiler.is_exporting():
+            return graph_mixer(self, u.flatten(0, -3), w_in[0]).view(u.shape)
         return mix_and_project([self], *in_projections([self], u.flatten(0, -2)[None], w_in, u.shape[:-1]))[0]
 
     def forward_mamba_ssm(self, u: Tensor) -> Tensor:
@@ -163,17 +165,10 @@ def causal_conv_silu(xBC: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """
     _, l, ch = xBC.shape
     d_conv = weight.shape[-1]
-    if torch.compiler.is_exporting():  # a graph: shifted slices of one padded copy, no in-place slice writes
-        # Each tap's weights contiguous over channels (a strided tap falls off the vectorised loop).
-        taps = weight.to(xBC.dtype).transpose(0, 1).contiguous()  # (d_conv ch)
-        padded = F.pad(xBC, (0, 0, d_conv - 1, 0))
-        out = bias.to(xBC.dtype)
-        for tap in range(d_conv):
-            out = out + padded[:, tap:tap + l] * taps[tap]
-        return F.silu(out)
     # Padding d_conv - 1 on both ends; the first l outputs are the causal ones.
     images, kernels, bias = xBC.transpose(1, 2).unsqueeze(2), weight[:, None, None].to(xBC.dtype), bias.to(xBC.dtype)
-    if xBC.device.type == "cpu" and not torch.is_grad_enabled() and _onednn_pointwise_conv() is not None:
+    if (xBC.device.type == "cpu" and xBC.dtype in (torch.float32, torch.bfloat16) and not torch.is_grad_enabled()
+            and _onednn_pointwise_conv() is not None):  # (oneDNN has no float64 kernels)
         conv = _onednn_pointwise_conv()(images, kernels, bias, [0, d_conv - 1], [1, 1], [1, 1], ch, "swish", [], "")
         return conv[..., :l].squeeze(2).transpose(1, 2)  # (b ch 1 l+d_conv-1) -> (b l ch)
     conv = F.conv2d(images, kernels, bias, padding=(0, d_conv - 1), groups=ch)[..., :l].squeeze(2).transpose(1, 2)
@@ -190,27 +185,6 @@ def _onednn_pointwise_conv():
     return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
 
-def per_mixer_matmul(x: Tensor, weights: Tensor) -> Tensor:
-    """(k, tokens, d_in) @ (k, d_in, d_out) -> (k, tokens, d_out): one bmm eagerly. In an ONNX graph,
-    k 2D MatMuls instead: onnxruntime packs a constant 2D weight once, at load, but a batched one on
-    every run (measured 0.43 s against 0.68 s for the paper model's in_proj on a 2 s chunk)."""
-    if torch.compiler.is_exporting():
-        return torch.stack([x[i] @ weights[i] for i in range(x.shape[0])])
-    return torch.bmm(x, weights)
-
-
-def split_last(t: Tensor, sizes: Sequence[int]) -> list[Tensor]:
-    """`t.split(sizes, dim=-1)`; in an ONNX graph as narrow slices, which export as plain Slice nodes
-    instead of SplitToSequence, which onnxruntime runs several times slower. (Eagerly split stays:
-    its backward writes one gradient, where each narrow's would fill a full-size zero tensor.)"""
-    if not torch.compiler.is_exporting():
-        return list(t.split(list(sizes), dim=-1))
-    starts = [0]
-    for size in sizes[:-1]:
-        starts.append(starts[-1] + size)
-    return [t.narrow(-1, start, size) for start, size in zip(starts, sizes)]
-
-
 def in_projections(mixers: Sequence[Mamba2], x: Tensor, w_in: Tensor, batch_shape: Sequence[int]
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """in_proj of k mixers: x (k, tokens, d_model), w_in (k, d_in_proj, d_model) -> z, xBC, dt, each
@@ -221,8 +195,8 @@ def in_projections(mixers: Sequence[Mamba2], x: Tensor, w_in: Tensor, batch_shap
     conv_end = m.d_inner + m.conv_dim
     w_xBC = w[..., m.d_inner:conv_end].contiguous()
     w_z_dt = torch.cat([w[..., :m.d_inner], w[..., conv_end:]], dim=-1)
-    xBC = per_mixer_matmul(x, w_xBC).view(len(mixers), *batch_shape, -1)
-    z, dt = split_last(per_mixer_matmul(x, w_z_dt).view(len(mixers), *batch_shape, -1), (m.d_inner, m.nheads))
+    xBC = torch.bmm(x, w_xBC).view(len(mixers), *batch_shape, -1)
+    z, dt = torch.bmm(x, w_z_dt).view(len(mixers), *batch_shape, -1).split([m.d_inner, m.nheads], dim=-1)
     return z, xBC, dt
 
 
@@ -238,11 +212,14 @@ def both_directions(x: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[
     x_hat = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
     # Padding at the end of each direction's own sequence is causal-safe: cropped below.
     padded = padded_length(l, mixers[0].torch_chunk_size)
-    inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l)).view(2, b * padded, d)
+    inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l))  # (2 b padded d)
     # The effective weights (linear_weight.py): a LoRA adapter on in_proj is applied here too.
-    w_in = bias_free_weights([mx.in_proj for mx in mixers], "in_proj")  # (k d_in_proj d)
-    projections = in_projections(mixers, inputs, w_in * torch.stack(list(norm_weights))[:, None], (b, padded))
-    out = mix_and_project(mixers, *projections)[:, :, :l]  # (2 b l d)
+    w_in = bias_free_weights([mx.in_proj for mx in mixers], "in_proj") * torch.stack(list(norm_weights))[:, None]
+    if torch.compiler.is_exporting():
+        out = torch.stack([graph_mixer(m, inputs[i], w_in[i]) for i, m in enumerate(mixers)])
+    else:
+        out = mix_and_project(mixers, *in_projections(mixers, inputs.view(2, b * padded, d), w_in, (b, padded)))
+    out = out[:, :, :l]  # (2 b l d)
     return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)
 
 
@@ -272,27 +249,22 @@ def _mix_and_project(mixers: Sequence[Mamba2], z: Tensor, xBC: Tensor, dt: Tenso
 def _mix_and_project_one(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
     """One mixer after in_proj: z, xBC, dt (b, l, width) -> (b, l, d_model)."""
     g, n, h, p = m.ngroups, m.d_state, m.nheads, m.headdim
-    scratch = not torch.is_grad_enabled()  # temporaries may be overwritten in place
-    exporting = torch.compiler.is_exporting()
     # Without gradients the scan's products run in the activations' dtype (bf16 under autocast, as in
-    # mamba-ssm's kernels; its decays stay fp32: see ssd._scan_inference); for training and for a
-    # graph everything from the conv's output on is fp32. Each bf16 tensor is cast once where it
-    # enters fp32 work: on CPU an op that mixes bf16 and fp32 operands runs outside the vectorised loops.
-    bf16_scan = scratch and not exporting and z.dtype == torch.bfloat16
+    # mamba-ssm's kernels; its decays stay fp32: see ssd._scan_inference); for training everything
+    # from the conv's output on is fp32. Each bf16 tensor is cast once where it enters fp32 work: on
+    # CPU an op that mixes bf16 and fp32 operands runs outside the vectorised loops.
+    bf16_scan = not torch.is_grad_enabled() and z.dtype == torch.bfloat16
     with torch.autocast(device_type=z.device.type, enabled=False):
         # The conv and its SiLU in the scan's dtype. (For training, casting before the conv instead of after
         # costs the same pass and halves the conv's backward: oneDNN's bf16 depthwise backward is 2x slower.)
         xBC = causal_conv_silu(xBC if bf16_scan else fp32_or_wider(xBC), m.conv1d.weight.squeeze(1), m.conv1d.bias)
-        x, B, C = split_last(xBC, (m.d_inner, g * n, g * n))
+        x, B, C = xBC.split([m.d_inner, g * n, g * n], dim=-1)
         x, B, C = x.unflatten(-1, (h, p)), B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n))
         dt = F.softplus(fp32_or_wider(dt) + fp32_or_wider(m.dt_bias))  # (b l h)
         a = dt * -torch.exp(fp32_or_wider(m.A_log))
-        D = fp32_or_wider(m.D)
-        if exporting:  # the form written for a graph: a Scan node over chunks, heads batched
-            y = ssd_graph(x * dt.unsqueeze(-1), a, B, C, chunk_size=m.torch_chunk_size) + x * D[:, None]
-            gated = F.silu(fp32_or_wider(z)) * y.flatten(-2)
-        else:  # the gate inside the scan, as mamba-ssm's chunk scan takes z: on each block while in cache
-            gated = ssd_chunked(x, a, B, C, m.torch_chunk_size, dt=dt, D=D, z=z.unflatten(-1, (h, p))).flatten(-2)
+        # The gate inside the scan, as mamba-ssm's chunk scan takes z: on each block while in cache.
+        gated = ssd_chunked(x, a, B, C, m.torch_chunk_size, dt=dt, D=fp32_or_wider(m.D),
+                            z=z.unflatten(-1, (h, p))).flatten(-2)
 
     w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner), LoRA included
     if g > 1:
@@ -306,3 +278,44 @@ def _mix_and_project_one(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tenso
     w_folded = (w_out * m.norm.weight).t().to(z.dtype)  # (d_inner d_model)
     out = gated.to(z.dtype) @ w_folded
     return (fp32_or_wider(out) * inv_rms).to(z.dtype)
+
+
+def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor) -> Tensor:
+    """One mixer in the form the ONNX export traces: u (b, l, d_model) -> (b, l, d_model); w_in
+    (d_in_proj, d_model) is in_proj's effective weight (LoRA and a folded norm weight included).
+
+    Channels first from in_proj to out_proj, because onnxruntime's time goes to passes over the
+    activations: each part of in_proj is its own product W (b, d_model, l) -> (b, width, l), so no
+    slice copies them, the causal depthwise conv reads that layout as ONNX's Conv does (its left
+    padding fused into the Conv by onnxruntime), and the scan (`ssd_graph`) reads x, B, C in place.
+    Only the d_model-wide input and output are transposed. Measured on a 2 s chunk, one time-axis
+    layer: onnxruntime's Conv on (b, ch, l) 14 ms against 59 ms with the transposes around it.
+    """
+    g, n, h, p = m.ngroups, m.d_state, m.nheads, m.headdim
+    b, l, _ = u.shape
+    u_t = u.transpose(1, 2)  # (b d_model l)
+    x_end, b_end, conv_end = m.d_inner, m.d_inner + g * n, m.conv_dim
+    weight, bias = m.conv1d.weight, m.conv1d.bias  # (conv_dim 1 d_conv), (conv_dim,)
+
+    def project(start: int, stop: int) -> Tensor:
+        return w_in[start:stop] @ u_t  # (b stop-start l)
+
+    def conv_silu(start: int, stop: int) -> Tensor:  # channels [start, stop) of xBC: depthwise, so exact
+        xBC = F.pad(project(m.d_inner + start, m.d_inner + stop), (m.d_conv - 1, 0))
+        return F.silu(F.conv1d(xBC, weight[start:stop], bias[start:stop], groups=stop - start))
+
+    z = project(0, m.d_inner).view(b, h, p, l)
+    x = conv_silu(0, x_end).view(b, h, p, l)
+    B = conv_silu(x_end, b_end).view(b, g, n, l)
+    C = conv_silu(b_end, conv_end).view(b, g, n, l)
+    dt = F.softplus(project(m.d_inner + conv_end, w_in.shape[0]) + m.dt_bias[:, None])  # (b h l)
+    a = dt * -torch.exp(m.A_log)[:, None]
+    gated = ssd_graph(x, a, B, C, m.torch_chunk_size, dt=dt, D=m.D, z=z).reshape(b, g, h * p // g, l)
+    w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner), LoRA included
+    rms = torch.linalg.vector_norm(gated, dim=2, keepdim=True) * (h * p // g) ** -0.5  # per group
+    if g > 1:
+        normed = (gated * torch.rsqrt(rms.square() + m.norm.eps)).view(b, h * p, l) * m.norm.weight[:, None]
+        return normed.transpose(1, 2) @ w_out.t()
+    # One group: as in `_mix_and_project_one`, the norm's weight in out_proj, its scale on the output.
+    out = gated.view(b, h * p, l).transpose(1, 2) @ (w_out * m.norm.weight).t()  # (b l d_model)
+    return out * torch.rsqrt(rms.square() + m.norm.eps).view(b, 1, l).transpose(1, 2)

@@ -14,8 +14,8 @@ mamba-ssm's kernels; with gradients everything is float32.
 `ssd_reference` is the same chunked algorithm in its plain form, every chunk at once, named as
 in the paper (L = exp(segsum(A)), Y = (L o C B^T) X inside a chunk, states passed between
 chunks), with no Python loop over heads or chunks. `ssd_graph` is the chunk-by-chunk algorithm
-as the ONNX export traces it: the loop over chunks one `scan` (an ONNX Scan node), heads batched,
-so the graph grows with neither. `ssd_sequential` is the recurrence as a loop: the reference the
+as the ONNX export traces it, channels first: the loop over chunks one `scan` (an ONNX Scan node),
+heads batched, so the graph grows with neither. `ssd_sequential` is the recurrence as a loop: the reference the
 tests hold the three chunked forms to, and the baseline of the speed benchmark.
 """
 from __future__ import annotations
@@ -231,61 +231,69 @@ def ssd_reference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -
     return Y[:, :l]
 
 
-def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Tensor:
-    """`ssd_chunked`'s chunk by chunk algorithm in the form an ONNX graph runs well (the export traces
-    this one; arguments and result as `ssd_chunked`).
+def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: Tensor, D: Tensor, z: Tensor
+              ) -> Tensor:
+    """`ssd_chunked(x, a, B, C, chunk_size, dt=dt, D=D, z=z)` in the form an ONNX graph runs well (the
+    export traces this one), channels first: x, z (b, h, p, l); a, dt (b, h, l); B, C (b, g, n, l);
+    D (h,). Returns the gated y (b, h, p, l).
 
-    The loop over chunks is a `scan` (one ONNX Scan node: the graph does not grow with chunks), the
-    heads are batched in every product, and the state passes from one chunk to the next as in the
-    recurrence: no (chunks x chunks) products and no transposes of the (n x heads x headdim) states.
+    Channels first, every product reads its operands where they lie: inside a chunk y^T = x^T S^T with
+    S^T built transposed, the state is (heads x headdim) x d_state per group, and the depthwise conv
+    before it gets the (b, ch, l) layout ONNX's Conv wants. The folds of `_scan_inference` (dt in the
+    exponent, D on the diagonal, the gate on each chunk) spare passes over the activations, which
+    is what onnxruntime's time goes to. The loop over chunks is a `scan` (one ONNX Scan node: the
+    graph does not grow with chunks) and the heads are batched in every product.
     """
     from torch._higher_order_ops.scan import scan
 
-    b, l, h, p = x.shape
-    g, n = B.shape[-2:]
+    b, h, p, l = x.shape
+    g, n = B.shape[1:3]
     hg = h // g
     padded, q, c = chunk_layout(l, chunk_size)
-    x, a, B, C = (_pad_time(t, padded - l) for t in (x, a, B, C))
-    # Chunk-major, so that the scan runs over the leading axis.
-    xs = x.view(b, c, q, g, hg, p).transpose(0, 1)  # (c b q g hg p)
-    a_cum = a.view(b, c, q, g, hg).cumsum(2).transpose(0, 1)  # (c b q g hg)
-    Bs = B.view(b, c, q, g, n).transpose(0, 1)  # (c b q g n)
-    Cs = C.view(b, c, q, g, n).transpose(0, 1)
+    if padded > l:  # zero steps at the end: dt = 0 is no input and (log dt = -inf) no decay into them
+        x, a, dt, B, C, z = (F.pad(t, (0, padded - l)) for t in (x, a, dt, B, C, z))
+    a_cum = a.view(b, h, c, q).cumsum(-1)  # (b h c q)
+    a_from = a_cum - dt.view(b, h, c, q).log()  # exp(a_cum_t - a_from_s): the decay from s to t times dt_s
+    # S^T: rows s, columns t, causal for s <= t. Below the diagonal the exponent is positive: clamped
+    # to a finite exp there, which the zero of B.C cancels.
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).triu()
+    skip = torch.eye(q, dtype=x.dtype, device=x.device) * D.view(g, hg, 1, 1)  # (g hg q q)
 
-    def one_chunk(state: Tensor | None, x_j: Tensor, a_j: Tensor, B_j: Tensor, C_j: Tensor,
-                  state_out: bool = True) -> tuple[Tensor | None, Tensor]:
-        B_g, C_g = B_j.transpose(1, 2), C_j.transpose(1, 2)  # (b g q n)
-        # Inside the chunk: Y = (L o C B^T) X, L_ts = exp(a_cum_t - a_cum_s) for s <= t.
-        a_heads = a_j.permute(0, 2, 3, 1)  # (b g hg q)
-        causal = torch.ones(q, q, dtype=torch.bool, device=x_j.device).tril()
-        L = torch.exp((a_heads[..., :, None] - a_heads[..., None, :]).masked_fill(~causal, float("-inf")))
-        scores = L * (C_g @ B_g.transpose(-1, -2)).unsqueeze(2)  # (b g hg q q)
-        y = (scores @ x_j.permute(0, 2, 3, 1, 4)).permute(0, 3, 1, 2, 4)  # (b q g hg p)
-        if state is not None:  # from the chunks before: exp(a_cum_t) C_t^T state
-            carried = (C_g @ state).view(b, g, q, hg, p).transpose(1, 2)  # (b q g hg p)
-            y = y + carried * torch.exp(a_j).unsqueeze(-1)
+    def one_chunk(state: Tensor | None, x_j: Tensor, z_j: Tensor, a_j: Tensor, af_j: Tensor, B_j: Tensor,
+                  C_j: Tensor, state_out: bool = True) -> tuple[Tensor | None, Tensor]:
+        # x_j, z_j (b h p q); a_j, af_j (b h q); B_j, C_j (b g n q); state (b g hg*p n)
+        BC = (B_j.transpose(-1, -2) @ C_j) * causal  # (b g q_s q_t): B_s . C_t
+        decays = torch.exp((a_j[..., None, :] - af_j[..., :, None]).clamp_max(80.0))  # (b h q_s q_t)
+        scores = (decays.view(b, g, hg, q, q) * BC.unsqueeze(2) + skip).view(b, h, q, q)
+        y = x_j @ scores  # (b h p q_t): inside the chunk, and D x
+        if state is not None:  # from the chunks before: exp(a_cum_t) state C_t
+            y = y + (state @ C_j).view(b, h, p, q) * torch.exp(a_j).unsqueeze(2)
+        y = y * F.silu(z_j)
         if not state_out:  # a single chunk: its end state would go unused
             return None, y
-        # The state at the chunk's end: the decayed old state plus B^T (x decayed to the chunk's end).
-        to_end = torch.exp(a_j[:, -1:] - a_j).unsqueeze(-1)  # (b q g hg 1)
-        weighted = (x_j * to_end).transpose(1, 2).reshape(b, g, q, hg * p)
-        new_state = B_g.transpose(-1, -2) @ weighted  # (b g n hg*p)
+        # The state at the chunk's end: the decayed old state plus (x decayed to the chunk's end) B^T.
+        to_end = torch.exp(a_j[..., -1:] - af_j).unsqueeze(2)  # (b h 1 q)
+        new_state = (x_j * to_end).view(b, g, hg * p, q) @ B_j.transpose(-1, -2)  # (b g hg*p n)
         if state is not None:
-            chunk_decay = torch.exp(a_j[:, -1]).view(b, g, 1, hg, 1)
-            new_state = new_state + (state.view(b, g, n, hg, p) * chunk_decay).view(b, g, n, hg * p)
+            chunk_decay = torch.exp(a_j[..., -1]).view(b, g, hg, 1, 1)
+            new_state = new_state + (state.view(b, g, hg, p, n) * chunk_decay).view(b, g, hg * p, n)
         return new_state, y
 
     if c == 1:
-        y = one_chunk(None, xs[0], a_cum[0], Bs[0], Cs[0], state_out=False)[1].unsqueeze(0)
+        y = one_chunk(None, x, z, a_cum[:, :, 0], a_from[:, :, 0], B, C, state_out=False)[1]
     else:
-        first_state, y_first = one_chunk(None, xs[0], a_cum[0], Bs[0], Cs[0])
+        # Chunk-major, so that the scan runs over the leading axis.
+        xs, zs = (t.view(b, h, p, c, q).permute(3, 0, 1, 2, 4) for t in (x, z))  # (c b h p q)
+        a_cums, a_froms = (t.permute(2, 0, 1, 3) for t in (a_cum, a_from))  # (c b h q)
+        Bs, Cs = (t.view(b, g, n, c, q).permute(3, 0, 1, 2, 4) for t in (B, C))  # (c b g n q)
+        first_state, y_first = one_chunk(None, xs[0], zs[0], a_cums[0], a_froms[0], Bs[0], Cs[0])
 
-        def step(state: Tensor, inputs: tuple[Tensor, Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        def step(state: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
             return one_chunk(state, *inputs)
 
-        _, y_rest = scan(step, first_state, (xs[1:], a_cum[1:], Bs[1:], Cs[1:]))
-        y = torch.cat([y_first.unsqueeze(0), y_rest])  # (c b q g hg p)
-    return y.transpose(0, 1).reshape(b, padded, h, p)[:, :l]
+        _, y_rest = scan(step, first_state, (xs[1:], zs[1:], a_cums[1:], a_froms[1:], Bs[1:], Cs[1:]))
+        y = torch.cat([y_first.unsqueeze(0), y_rest]).permute(1, 2, 3, 0, 4).reshape(b, h, p, padded)
+    return y if padded == l else y[..., :l]
 
 
 def ssd_sequential(x: Tensor, a: Tensor, B: Tensor, C: Tensor) -> Tensor:
