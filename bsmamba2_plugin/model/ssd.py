@@ -286,13 +286,14 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: T
         xs, zs = (t.view(b, h, p, c, q).permute(3, 0, 1, 2, 4) for t in (x, z))  # (c b h p q)
         a_cums, a_froms = (t.permute(2, 0, 1, 3) for t in (a_cum, a_from))  # (c b h q)
         Bs, Cs = (t.view(b, g, n, c, q).permute(3, 0, 1, 2, 4) for t in (B, C))  # (c b g n q)
-        first_state, y_first = one_chunk(None, xs[0], zs[0], a_cums[0], a_froms[0], Bs[0], Cs[0])
 
         def step(state: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
             return one_chunk(state, *inputs)
 
-        _, y_rest = scan(step, first_state, (xs[1:], zs[1:], a_cums[1:], a_froms[1:], Bs[1:], Cs[1:]))
-        y = torch.cat([y_first.unsqueeze(0), y_rest]).permute(1, 2, 3, 0, 4).reshape(b, h, p, padded)
+        # All chunks in the Scan, from a zero state: the first chunk's product with it costs less than
+        # the copies that slicing it off the Scan's inputs and concatenating its output would make.
+        _, y = scan(step, x.new_zeros(b, g, hg * p, n), (xs, zs, a_cums, a_froms, Bs, Cs))
+        y = y.permute(1, 2, 3, 0, 4).reshape(b, h, p, padded)
     return y if padded == l else y[..., :l]
 
 
