@@ -198,3 +198,24 @@ def test_cli_exports_a_config_and_checkpoint(tmp_path: Path, capsys):
     assert relative_error(separator.separate_chunk(audio), reference) < 1e-4
     mono = torch.randn(1, 7000).numpy()
     assert separator.separate(mono, 8000)["vocals"].shape == (1, 7000)
+
+
+def test_a_mamba2_layer_alone_exports_in_its_graph_form(tmp_path: Path):
+    """Mamba2's own forward traced (two groups, a partial last chunk) runs in onnxruntime as in PyTorch."""
+    import onnxruntime
+
+    from bsmamba2_plugin.model import Mamba2
+
+    torch.manual_seed(1)
+    layer = Mamba2(16, d_state=8, headdim=8, ngroups=2, backend="torch").eval()
+    with torch.no_grad():
+        layer.D.normal_()
+        layer.norm.weight.normal_()
+    u = torch.randn(3, 100, 16)  # two chunks of 64 steps, the second one partial
+    path = tmp_path / "mamba2.onnx"
+    with torch.no_grad():
+        expected = layer(u)
+        torch.onnx.export(layer, (u,), str(path), dynamo=True, optimize=False, verbose=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: u.numpy()})
+    assert relative_error(torch.from_numpy(got), expected) < 1e-5
