@@ -219,3 +219,26 @@ def test_a_mamba2_layer_alone_exports_in_its_graph_form(tmp_path: Path):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: u.numpy()})
     assert relative_error(torch.from_numpy(got), expected) < 1e-5
+
+
+@pytest.mark.slow
+def test_a_model_with_lora_adapters_exports_with_them(tmp_path: Path):
+    """The trainer's LoRA adapters (weight parametrisations) are in the exported graph (a second export: ~15 s)."""
+    import copy
+
+    from bsmamba2_plugin.train.lora import attach_lora
+
+    torch.manual_seed(0)
+    base = BSMamba2(**TINY, num_stems=2).eval()
+    model = copy.deepcopy(base)
+    attach_lora(model, r=4, alpha=8.0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("lora_B"):  # zero at initialisation: give the adapters an effect
+                parameter.normal_(0, 0.05)
+    audio = torch.randn(1, 2, CHUNK)
+    with torch.no_grad():
+        expected = model(audio)
+        assert relative_error(base(audio), expected) > 1e-3  # the adapters matter for this check
+    path = export_onnx(model, tmp_path / "lora.onnx", chunk_samples=CHUNK)
+    assert relative_error(OnnxChunkModel(path)(audio), expected) < 1e-4
