@@ -290,8 +290,8 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: T
         def step(state: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
             return one_chunk(state, *inputs)
 
-        # All chunks in the Scan, from a zero state: the first chunk's product with it costs less than
-        # the copies that slicing it off the Scan's inputs and concatenating its output would make.
+        # All chunks in the Scan, from a zero state (one small wasted product on the first chunk; the
+        # same speed as running the first chunk outside, with fewer nodes and no slices of the inputs).
         _, y = scan(step, x.new_zeros(b, g, hg * p, n), (xs, zs, a_cums, a_froms, Bs, Cs))
         y = y.permute(1, 2, 3, 0, 4).reshape(b, h, p, padded)
     return y if padded == l else y[..., :l]
