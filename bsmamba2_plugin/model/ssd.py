@@ -14,9 +14,10 @@ mamba-ssm's kernels; with gradients everything is float32.
 `ssd_reference` is the same chunked algorithm in its plain form, every chunk at once, named as
 in the paper (L = exp(segsum(A)), Y = (L o C B^T) X inside a chunk, states passed between
 chunks), with no Python loop over heads or chunks. `ssd_graph` is the chunk-by-chunk algorithm
-as the ONNX export traces it, channels first: the loop over chunks one `scan` (an ONNX Scan node),
-heads batched, so the graph grows with neither. `ssd_sequential` is the recurrence as a loop: the reference the
-tests hold the three chunked forms to, and the baseline of the speed benchmark.
+as the ONNX export traces it, channels first: the loop over chunks one `scan` (an ONNX Scan
+node), heads batched, so the graph grows with neither. `ssd_sequential` is the recurrence as a
+loop: the reference the tests hold the three chunked forms to, and the baseline of the speed
+benchmark.
 """
 from __future__ import annotations
 
@@ -260,27 +261,25 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: T
     skip = torch.eye(q, dtype=x.dtype, device=x.device) * D.view(g, hg, 1, 1)  # (g hg q q)
 
     def one_chunk(state: Tensor | None, x_j: Tensor, z_j: Tensor, a_j: Tensor, af_j: Tensor, B_j: Tensor,
-                  C_j: Tensor, state_out: bool = True) -> tuple[Tensor | None, Tensor]:
+                  C_j: Tensor) -> tuple[Tensor | None, Tensor]:
+        """state None: a single chunk, no state in and none out."""
         # x_j, z_j (b h p q); a_j, af_j (b h q); B_j, C_j (b g n q); state (b g hg*p n)
         BC = (B_j.transpose(-1, -2) @ C_j) * causal  # (b g q_s q_t): B_s . C_t
         decays = torch.exp((a_j[..., None, :] - af_j[..., :, None]).clamp_max(80.0))  # (b h q_s q_t)
         scores = (decays.view(b, g, hg, q, q) * BC.unsqueeze(2) + skip).view(b, h, q, q)
         y = x_j @ scores  # (b h p q_t): inside the chunk, and D x
-        if state is not None:  # from the chunks before: exp(a_cum_t) state C_t
-            y = y + (state @ C_j).view(b, h, p, q) * torch.exp(a_j).unsqueeze(2)
-        y = y * F.silu(z_j)
-        if not state_out:  # a single chunk: its end state would go unused
-            return None, y
+        if state is None:
+            return None, y * F.silu(z_j)
+        # From the chunks before: exp(a_cum_t) state C_t.
+        y = (y + (state @ C_j).view(b, h, p, q) * torch.exp(a_j).unsqueeze(2)) * F.silu(z_j)
         # The state at the chunk's end: the decayed old state plus (x decayed to the chunk's end) B^T.
         to_end = torch.exp(a_j[..., -1:] - af_j).unsqueeze(2)  # (b h 1 q)
         new_state = (x_j * to_end).view(b, g, hg * p, q) @ B_j.transpose(-1, -2)  # (b g hg*p n)
-        if state is not None:
-            chunk_decay = torch.exp(a_j[..., -1]).view(b, g, hg, 1, 1)
-            new_state = new_state + (state.view(b, g, hg, p, n) * chunk_decay).view(b, g, hg * p, n)
-        return new_state, y
+        chunk_decay = torch.exp(a_j[..., -1]).view(b, g, hg, 1, 1)
+        return new_state + (state.view(b, g, hg, p, n) * chunk_decay).view(b, g, hg * p, n), y
 
     if c == 1:
-        y = one_chunk(None, x, z, a_cum[:, :, 0], a_from[:, :, 0], B, C, state_out=False)[1]
+        y = one_chunk(None, x, z, a_cum[:, :, 0], a_from[:, :, 0], B, C)[1]
     else:
         # Chunk-major, so that the scan runs over the leading axis.
         xs, zs = (t.view(b, h, p, c, q).permute(3, 0, 1, 2, 4) for t in (x, z))  # (c b h p q)
