@@ -45,8 +45,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x32 = fp32_or_wider(x)
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * fp32_or_wider(self.weight)).to(x.dtype)
+        return (x32 * inv_rms(x32, -1, self.eps) * fp32_or_wider(self.weight)).to(x.dtype)
 
 
 class GatedRMSNorm(nn.Module):
@@ -68,8 +67,15 @@ def gated_rmsnorm(y: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: fl
 
 def group_rmsnorm(x: Tensor, weight: Tensor, group_size: int, eps: float) -> Tensor:
     grouped = x.unflatten(-1, (-1, group_size))
-    rms = torch.linalg.vector_norm(grouped, dim=-1, keepdim=True) * group_size**-0.5  # one read, no squares kept
-    return (grouped * torch.rsqrt(rms.square() + eps)).flatten(-2) * fp32_or_wider(weight)
+    return (grouped * inv_rms(grouped, -1, eps)).flatten(-2) * fp32_or_wider(weight)
+
+
+def inv_rms(x: Tensor, dim: int, eps: float) -> Tensor:
+    """1 / sqrt(mean(x^2) + eps) along `dim`, kept as a size-1 axis, in fp32 or wider: the norm of
+    every RMSNorm here. From one read of x (vector_norm keeps no squares); for bf16 x the sum is
+    accumulated in fp32 and rounded once (asking vector_norm for an fp32 result copies the input)."""
+    norm = fp32_or_wider(torch.linalg.vector_norm(x, dim=dim, keepdim=True))
+    return torch.rsqrt(norm.square() / x.shape[dim] + eps)
 
 
 class Mamba2(nn.Module):
@@ -209,7 +215,7 @@ def both_directions(x: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[
     """
     b, l, d = x.shape
     x32 = fp32_or_wider(x)
-    x_hat = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    x_hat = (x32 * inv_rms(x32, -1, eps)).to(x.dtype)
     # Padding at the end of each direction's own sequence is causal-safe: cropped below.
     padded = padded_length(l, mixers[0].torch_chunk_size)
     inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l))  # (2 b padded d)
@@ -272,12 +278,10 @@ def _mix_and_project_one(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tenso
         return normed.to(z.dtype) @ w_out.t().to(z.dtype)
     # One group: RMSNorm's weight folds into out_proj and its per-token scale commutes with it,
     # so both apply on the 4x narrower output instead of passing over the d_inner activations.
-    # For bf16 the sum is accumulated in fp32 and rounded once (asking for an fp32 result copies the input).
-    norm = fp32_or_wider(torch.linalg.vector_norm(gated, dim=-1, keepdim=True))
-    inv_rms = torch.rsqrt(norm.square() / m.d_inner + m.norm.eps)
+    scale = inv_rms(gated, -1, m.norm.eps)
     w_folded = (w_out * m.norm.weight).t().to(z.dtype)  # (d_inner d_model)
     out = gated.to(z.dtype) @ w_folded
-    return (fp32_or_wider(out) * inv_rms).to(z.dtype)
+    return (fp32_or_wider(out) * scale).to(z.dtype)
 
 
 def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor) -> Tensor:
@@ -312,10 +316,10 @@ def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor) -> Tensor:
     a = dt * -torch.exp(m.A_log)[:, None]
     gated = ssd_graph(x, a, B, C, m.torch_chunk_size, dt=dt, D=m.D, z=z).reshape(b, g, h * p // g, l)
     w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner), LoRA included
-    rms = torch.linalg.vector_norm(gated, dim=2, keepdim=True) * (h * p // g) ** -0.5  # per group
+    scale = inv_rms(gated, 2, m.norm.eps)  # (b g 1 l): per group
     if g > 1:
-        normed = (gated * torch.rsqrt(rms.square() + m.norm.eps)).view(b, h * p, l) * m.norm.weight[:, None]
+        normed = (gated * scale).view(b, h * p, l) * m.norm.weight[:, None]
         return normed.transpose(1, 2) @ w_out.t()
     # One group: as in `_mix_and_project_one`, the norm's weight in out_proj, its scale on the output.
     out = gated.view(b, h * p, l).transpose(1, 2) @ (w_out * m.norm.weight).t()  # (b l d_model)
-    return out * torch.rsqrt(rms.square() + m.norm.eps).view(b, 1, l).transpose(1, 2)
+    return out * scale.view(b, 1, l).transpose(1, 2)
