@@ -22,8 +22,8 @@ READ: dict[str, frozenset[str]] = {
     "model": frozenset(MODEL_KEYS),
     "training": frozenset({
         "model_type", "instruments", "target_instrument", "batch_size", "num_steps", "num_epochs", "lr",
-        "gradient_accumulation_steps", "grad_clip", "normalize", "use_amp", "amp_dtype", "optimizer", "scheduler",
-        "patience", "reduce_factor", "num_warmup_steps", "ema_momentum", "silent_stem_prob",
+        "gradient_accumulation_steps", "grad_clip", "normalize", "use_amp", "amp_dtype", "compile", "optimizer",
+        "scheduler", "patience", "reduce_factor", "num_warmup_steps", "ema_momentum", "silent_stem_prob",
         "waveform_loss_weight", "activity_check", "q", "coarse_loss_clip", "bypass_filter",
         # read by MSST's dataset code, which the trainer uses for dataset types 2, 3, 5, 6, 7
         "precompute_chunks", "num_precompute_chunks", "precompute_batch_for_chunks", "read_metadata_procs",

@@ -5,6 +5,7 @@ ConfigDict); MSST's training and inference then use the module as any of its own
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,4 +37,7 @@ def build_model(config: Any) -> BSMamba2:
         raise ValueError("model: missing section (BSMamba2's keywords, e.g. dim, depth, num_stems)")
     model = BSMamba2.from_config(config)
     check_stems(config, model)
+    if config_value(config["training"], "compile"):
+        warnings.warn("training.compile is read by `python -m bsmamba2_plugin.train` only; MSST's scripts run the "
+                      "model eagerly", stacklevel=2)
     return model

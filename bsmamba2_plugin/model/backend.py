@@ -62,7 +62,7 @@ def resolve_backend(requested: str | None) -> str:
 def use_mamba_ssm(requested: str | None, tensor: torch.Tensor) -> bool:
     """Whether this call should run mamba-ssm's kernels."""
     backend = resolve_backend(requested)
-    if backend == "torch":
+    if backend == "torch" or (backend == "auto" and torch.compiler.is_compiling()):
         return False
     kernels = mamba_ssm_kernels()
     if backend == "mamba_ssm":
@@ -77,4 +77,4 @@ def use_mamba_ssm(requested: str | None, tensor: torch.Tensor) -> bool:
                 "mamba-ssm's kernels run only on CUDA tensors"
             )
         return True
-    return kernels is not None and tensor.is_cuda and not torch.compiler.is_compiling()
+    return kernels is not None and tensor.is_cuda

@@ -50,6 +50,7 @@ from .checkpoints import (
     restore_rng_state,
     save_atomically,
 )
+from .compiled import check_compilable, compile_for_training, compile_setting, first_compile
 from .dataset import COUNTER_NAMES, MSSTrainingDataset, SeededMSSTDataset
 from .distributed import DistributedContext
 from .ema import WeightEMA
@@ -132,6 +133,7 @@ class Trainer:
 
         self.device = self._pick_device()
         self.autocast_dtype = self._autocast_dtype(training)
+        self.compiled = compile_setting(training, args.compile)
         random.seed(args.seed)
         np.random.seed(args.seed)
         torch.manual_seed(args.seed)
@@ -141,6 +143,8 @@ class Trainer:
             self._load_start_weights(args.start_check_point)
         self.lora: WeightSpaceLoRA | PeftLoRA | None = self._attach_lora()
         self._freeze_layers()
+        if self.compiled:
+            check_compilable(self.model, self.device, self.chunk_augmentation is not None)
         self.loss_fn = self._build_loss(training)
         self.loss_fn.check_length(self.chunk_augmentation.minimum if self.chunk_augmentation else self.chunk_size)
         self.loss_fn.to(self.device)
@@ -166,6 +170,11 @@ class Trainer:
         if self.dist.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.compile_pending = self.compiled  # until the first step has compiled forward and backward
+        if self.compiled:
+            self.train_model = compile_for_training(self.train_model)
+            self._print("training.compile: the training forward runs through torch.compile, compiled on the first "
+                        "step (minutes; inductor's cache makes later runs quicker); validation runs eagerly")
         wandb_run = None
         if self.dist.is_main:
             shown_args = {k: v for k, v in vars(args).items() if k != "wandb_key"}  # never log the key
@@ -447,7 +456,8 @@ class Trainer:
                f"{self.chunk_augmentation.maximum})" if self.chunk_augmentation else "") + "\n"
             f"Optimizer: {self.config.training.get('optimizer', 'adam')} lr {self.config.training.lr} "
             f"Scheduler: {self.config.training.get('scheduler', 'ReduceLROnPlateau')} "
-            f"Device: {self.device} Precision: {self.autocast_dtype or torch.float32}\n"
+            f"Device: {self.device} Precision: {self.autocast_dtype or torch.float32}"
+            f"{' (compiled)' if self.compiled else ''}\n"
             f"Model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters\n"
             f"Train for: {self.num_epochs} epochs x {self.num_steps} batches; results in {self.results_path}"
         )
@@ -500,11 +510,12 @@ class Trainer:
             stems = stems.to(self.device, non_blocking=True)
             sync = boundary or not self.dist.enabled
             context = self.train_model.no_sync() if not sync else nullcontext()
-            with context:
+            with context, first_compile(self.compile_pending):
                 loss = self._forward_loss(mixture, stems)
                 finite, mean_loss = self.dist.all_finite_and_mean(loss)
                 if finite:
                     self.scaler.scale(loss / self.accumulation).backward()
+                    self.compile_pending = False
             if finite:
                 in_row = 0
                 losses.append(mean_loss)
