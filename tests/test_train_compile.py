@@ -74,6 +74,22 @@ def test_what_compile_cannot_do_is_refused_before_training(tmp_path, monkeypatch
     assert not (tmp_path / "results" / "last_bsmamba2.ckpt").exists()
 
 
+def test_a_compile_that_fails_on_the_first_step_says_what_to_turn_off(tmp_path, monkeypatch):
+    """A C++ compiler that answers --version (so the start-up check passes) but compiles nothing."""
+    broken = tmp_path / "broken-cxx"
+    broken.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "g++ (broken) 12.2.0"; exit 0; fi\n'
+                      'echo "broken-cxx: refusing to compile" >&2; exit 1\n')
+    broken.chmod(0o755)
+    monkeypatch.setenv("CXX", str(broken))
+    monkeypatch.setenv("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")  # a cached build would need no compiler
+    config = tiny_config(tmp_path / "tiny.yaml", num_steps=1, num_epochs=1)
+    run = run_train(["--config_path", str(config), "--data_path", str(make_tracks(tmp_path / "train", count=2)),
+                     "--results_path", str(tmp_path / "results"), "--compile"], timeout=600)
+    assert run.returncode != 0
+    assert "this failed while torch.compile compiled the training step" in run.stderr, run.stderr[-3000:]
+    assert not (tmp_path / "results" / "last_bsmamba2.ckpt").exists()
+
+
 def test_on_cuda_compile_gives_way_to_mamba_ssm_unless_the_torch_path_is_asked_for(tmp_path, monkeypatch):
     """No GPU here: the device is only named, and mamba-ssm's presence is a stand-in (its kernels need CUDA)."""
     from bsmamba2_plugin.train import compiled
