@@ -33,7 +33,8 @@ from bsmamba2_plugin.config import ConfigError, load_config  # noqa: E402
 from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.model.backend import BACKENDS, resolve_backend  # noqa: E402
 from bsmamba2_plugin.precision import Precision, autocast, training_precision  # noqa: E402
-from bsmamba2_plugin.train.compiled import compile_for_training  # noqa: E402
+from bsmamba2_plugin.train.compiled import check_compilable, compile_for_training  # noqa: E402
+from bsmamba2_plugin.train.errors import TrainingConfigError  # noqa: E402
 from bsmamba2_plugin.train.ema import WeightEMA  # noqa: E402
 from bsmamba2_plugin.train.loss import PaperLoss  # noqa: E402
 from bsmamba2_plugin.train.optimizers import build_optimizer  # noqa: E402
@@ -66,6 +67,8 @@ def measure_training_step(config: Any, device: torch.device, batch: int, steps: 
     loss_fn = PaperLoss(model.loss_settings, float(config.training.get("waveform_loss_weight", 10.0))).to(device)
     optimizer = build_optimizer(config, model.parameters())
     ema = WeightEMA(model, float(config.training.get("ema_momentum", 0.999) or 0.999))
+    if compiled:
+        check_compilable(model, device, chunk_size_augm=False)  # the trainer's start-up refusals
     forward = compile_for_training(model) if compiled else model
     mixture = torch.randn(batch, model.audio_channels, chunk, device=device) * 0.1
     target = torch.randn(batch, model.num_stems, model.audio_channels, chunk, device=device) * 0.05
@@ -117,7 +120,11 @@ def main() -> None:
     args = p.parse_args()
     config = read_config(args.config)
     if args.chunk_size is not None:
+        if args.chunk_size < 1:
+            p.error(f"--chunk_size {args.chunk_size}: expected a positive number of samples")
         config.audio.chunk_size = args.chunk_size
+    if args.compile != "off" and args.warmup < 1:
+        p.error(f"--compile {args.compile} needs --warmup >= 1: the first step compiles and is not timed")
     device = torch.device(args.device)
     batch = args.batch_size or int(config.training.batch_size)
     chunk = int(config.audio.chunk_size)
@@ -130,8 +137,11 @@ def main() -> None:
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
     for compiled in modes:
         for precision in (Precision("fp32", None, "benchmark"), mixed):
-            results[precision.name, compiled] = result = measure_training_step(
-                config, device, batch, args.steps, args.warmup, args.backend, precision, compiled)
+            try:
+                results[precision.name, compiled] = result = measure_training_step(
+                    config, device, batch, args.steps, args.warmup, args.backend, precision, compiled)
+            except TrainingConfigError as error:
+                raise SystemExit(f"{Path(sys.argv[0]).name}: {error}") from None
             seconds = result["seconds"]
             print(f"config {Path(args.config).name}: {result['parameters'] / 1e6:.2f} M parameters, batch {batch} x"
                   f" {chunk / rate:.2f} s, device {device}, {precision.name}{', compiled' if compiled else ''},"
