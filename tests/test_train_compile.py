@@ -1,7 +1,8 @@
 """training.compile / --compile: the training forward through torch.compile (real inductor, real g++).
 
-Each compile of even the tiny model takes tens of seconds on two cores, so the suite compiles twice:
-once in-process against the eager step, once in a real training run."""
+Each compile of even the tiny model takes tens of seconds on two cores, so the suite compiles three
+times: in-process against the eager step, in a real training run, and once with a C++ compiler that
+fails (cut short by its first error)."""
 from __future__ import annotations
 
 import pytest
@@ -70,7 +71,8 @@ def test_what_compile_cannot_do_is_refused_before_training(tmp_path, monkeypatch
                      str(tmp_path / "results")])
     assert run.returncode == 2, run.stdout + run.stderr
     assert expected in run.stderr, run.stderr
-    assert "set training.compile: false" in run.stderr or case != "no_cxx"
+    if case == "no_cxx":
+        assert "set training.compile: false" in run.stderr
     assert not (tmp_path / "results" / "last_bsmamba2.ckpt").exists()
 
 

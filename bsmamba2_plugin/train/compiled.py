@@ -3,10 +3,10 @@
 Eagerly, every elementwise step around the products (the scan's decays and gates, the casts into and
 out of the fp32 scan, SiLU, the norms) is its own pass over the activations, forward and backward;
 inductor fuses them into generated loops. On a CPU that is most of what bf16 autocast leaves
-(README: "Compiled training": paper model, bf16 / fp32 1.27x eager, 1.58x compiled). The price is a compile on the first step (minutes on a small CPU,
-less when inductor's on-disk cache already holds the graphs) and one compile per input shape, so
-the shape is fixed: each batch has audio.chunk_size samples. Validation, separation and export stay
-eager.
+(README: "Compiled training": paper model, bf16 / fp32 about 1.3x eager, about 1.5x compiled). The
+price is a compile on the first step (minutes on a small CPU, less when inductor's on-disk cache
+already holds the graphs) and one compile per input shape, so the shape is fixed: each batch has
+audio.chunk_size samples. Validation, separation and export stay eager.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from bsmamba2_plugin.model.mamba2 import Mamba2
 from .errors import TrainingConfigError
 
 KEY = "training.compile"
+TURN_OFF = f"set {KEY}: false (and drop --compile) to train eagerly"
 
 
 def compile_setting(training: Any, flag: bool) -> bool:
@@ -36,7 +37,6 @@ def compile_setting(training: Any, flag: bool) -> bool:
 
 def check_compilable(model: nn.Module, device: torch.device, chunk_size_augm: bool) -> None:
     """Refuse, before any training, what torch.compile cannot do well here (each with its way out)."""
-    off = f"set {KEY}: false (and drop --compile) to train eagerly"
     if chunk_size_augm:
         raise TrainingConfigError(
             f"{KEY} with augmentations.chunk_size_augm: every batch length would compile anew (minutes each); "
@@ -51,13 +51,13 @@ def check_compilable(model: nn.Module, device: torch.device, chunk_size_augm: bo
         except Exception as error:  # noqa: BLE001 - InvalidCxxCompiler and whatever the search raises
             raise TrainingConfigError(
                 f"{KEY} on a CPU needs a C++ compiler for torch.compile's generated code ({error}); install one "
-                f"(g++ or clang++, or name it in $CXX) or {off}") from None
+                f"(g++ or clang++, or name it in $CXX) or {TURN_OFF}") from None
     if device.type == "cuda":
         backends = {resolve_backend(m.backend) for m in model.modules() if isinstance(m, Mamba2)}
         if "mamba_ssm" in backends or ("auto" in backends and mamba_ssm_kernels() is not None):
             raise TrainingConfigError(
                 f"{KEY} on CUDA would run the compiled PyTorch scan instead of mamba-ssm's fused kernels, which "
-                f"are faster and lighter; {off}, or set {ENV_VAR}=torch to compile the PyTorch path")
+                f"are faster and lighter; {TURN_OFF}, or set {ENV_VAR}=torch to compile the PyTorch path")
 
 
 def compile_for_training(module: nn.Module) -> nn.Module:
@@ -76,6 +76,5 @@ def first_compile(active: bool) -> Iterator[None]:
         yield
     except Exception as error:
         if active:
-            error.add_note(f"(this failed while torch.compile compiled the training step: {KEY} is on; set it to "
-                           f"false, or drop --compile, to train eagerly)")
+            error.add_note(f"(this failed while torch.compile compiled the training step: {KEY} is on; {TURN_OFF})")
         raise
