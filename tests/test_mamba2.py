@@ -245,3 +245,25 @@ def test_training_keeps_only_the_projection_for_the_backward() -> None:
     # What is kept: the projections' storages (z and dt share one), nothing of conv, scan or norm.
     zxbcdt_bytes = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in projections}.values())
     assert all_bytes > 4 * zxbcdt_bytes, (all_bytes, zxbcdt_bytes)
+
+
+def test_the_compiled_steps_conv_backward_is_the_convs_gradient():
+    """CompiledCausalConv (used inside torch.compile) against the eager conv's own autograd, in float64,
+    and against finite differences."""
+    torch.manual_seed(0)
+    xBC = torch.randn(3, 11, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+
+    def compiled_form(xBC, weight, bias):
+        images = xBC.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return mamba2.CompiledCausalConv.apply(images, weight[:, None, None], bias)
+
+    eager = F.silu(F.conv1d(xBC.transpose(1, 2), weight[:, None], bias, padding=3, groups=5)[..., :11]).transpose(1, 2)
+    got = F.silu(compiled_form(xBC, weight, bias))
+    torch.testing.assert_close(got, eager)
+    upstream = torch.randn_like(eager)
+    for a, b in zip(torch.autograd.grad(got, (xBC, weight, bias), upstream),
+                    torch.autograd.grad(eager, (xBC, weight, bias), upstream)):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(compiled_form, (xBC, weight, bias))

@@ -1,8 +1,8 @@
 """training.compile / --compile: the training forward through torch.compile (real inductor, real g++).
 
-Each compile of even the tiny model takes tens of seconds on two cores, so the suite compiles three
-times: in-process against the eager step, in a real training run, and once with a C++ compiler that
-fails (cut short by its first error)."""
+Each compile of even the tiny model takes seconds to tens of seconds on two cores, so the suite compiles
+four times: in-process against the eager step, in a real training run, in two gloo processes
+(test_train_loop.py), and once with a C++ compiler that fails (cut short by its first error)."""
 from __future__ import annotations
 
 import pytest
@@ -37,6 +37,17 @@ def test_the_compiled_step_computes_the_eager_loss_and_gradients(tmp_path):
             torch.testing.assert_close(grad, eager_grads[name], rtol=1e-3, atol=1e-6 * eager_grads[name].abs().max(),
                                        msg=lambda m, name=name: f"{name}: {m}")
     assert any(g.abs().max() > 0 for g in grads.values())
+    # A view: the model's own parameters, and the model itself (validation, checkpoints) stays eager.
+    own = {id(p) for p in model.parameters()}
+    assert {id(p) for p in compiled.parameters()} == own
+    assert sum(type(m).__name__ == "OptimizedModule" for m in compiled.modules()) == 2  # a time and a band layer
+    assert not any(type(m).__name__ == "OptimizedModule" for m in model.modules())
+    assert list(model.state_dict()) == list(BSMamba2.from_config(config).state_dict())
+
+
+def test_a_model_without_layers_to_compile_is_refused():
+    with pytest.raises(TypeError, match="Linear has no BidirectionalMamba layers for training.compile"):
+        compile_for_training(torch.nn.Linear(2, 2))
 
 
 def test_a_compiled_training_run_trains_validates_and_says_so(tmp_path):

@@ -124,18 +124,21 @@ def _ddp_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> 
     trainer = Trainer(parse_args(argv))
     try:
         state = trainer.run()
-        torch.save({"weights": trainer.model.state_dict(), "losses": state.all_losses,
-                    "steps": state.global_step}, os.path.join(out, f"rank{rank}.pt"))
+        compiled_layers = sum(type(m).__name__ == "OptimizedModule" for m in trainer.train_model.modules())
+        torch.save({"weights": trainer.model.state_dict(), "losses": state.all_losses, "steps": state.global_step,
+                    "compiled_layers": compiled_layers}, os.path.join(out, f"rank{rank}.pt"))
     finally:
         trainer.close()
 
 
-def test_two_gloo_processes_keep_their_weights_in_sync(tmp_path):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_two_gloo_processes_keep_their_weights_in_sync(tmp_path, compiled):
+    """Compiled: DDP around the view whose layers torch.compile runs (the gradient hooks stay eager)."""
     data = make_tracks(tmp_path / "train", count=3)
     valid = make_tracks(tmp_path / "valid", count=1, with_mixture=True)
     config = tiny_config(tmp_path / "tiny.yaml", num_steps=3, num_epochs=1, gradient_accumulation_steps=2)
     argv = ["--config_path", str(config), "--data_path", str(data), "--valid_path", str(valid), "--results_path",
-            str(tmp_path / "r"), "--force_cpu", "--no_progress", "--no_tensorboard"]
+            str(tmp_path / "r"), "--force_cpu", "--no_progress", "--no_tensorboard"] + ["--compile"] * compiled
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -143,6 +146,7 @@ def test_two_gloo_processes_keep_their_weights_in_sync(tmp_path):
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert a["steps"] == b["steps"] == 2  # 3 batches, accumulation 2: steps after batch 2 and the last
+    assert a["compiled_layers"] == b["compiled_layers"] == (2 if compiled else 0)  # depth 1: a time and a band layer
     for name in a["weights"]:
         assert torch.equal(a["weights"][name], b["weights"][name]), f"{name} differs between processes"
     initial = torch.load(tmp_path / "r" / "last_bsmamba2.ckpt", weights_only=True)

@@ -149,6 +149,48 @@ def test_peft_layers_act_on_every_batched_path_and_train():
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
 
 
+@pytest.mark.parametrize("library", ["loralib", "peft"])
+def test_compiled_training_applies_and_trains_the_adapters(library):
+    """training.compile's layers under torch.compile, over adapted Linears: the eager loss and the same
+    gradient for every adapter."""
+    from bsmamba2_plugin.train.compiled import compile_for_training
+
+    lib = pytest.importorskip(library)
+    base = tiny_model()
+    model = copy.deepcopy(base)
+    if library == "peft":
+        lib.get_peft_model(model, lib.LoraConfig(r=2, lora_alpha=4, target_modules=linear_names(base)))
+    else:
+        for name in linear_names(base):
+            plain = base.get_submodule(name)
+            layer = lib.Linear(plain.in_features, plain.out_features, bias=plain.bias is not None, r=2,
+                               lora_alpha=4, merge_weights=False)
+            layer.load_state_dict({**plain.state_dict(), "lora_A": layer.lora_A.data, "lora_B": layer.lora_B.data})
+            replace_module(model, name, layer)
+    torch.manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(parameter, std=0.05)
+    model.train()
+    x = audio()
+
+    def loss_and_grads(forward: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = forward(x).square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    eager_loss, eager_grads = loss_and_grads(model)
+    loss, grads = loss_and_grads(compile_for_training(model))
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=0)
+    assert grads.keys() == eager_grads.keys() and any(".out_proj.lora_A" in n for n in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-3, atol=1e-6 * eager_grads[name].abs().max(),
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    with torch.no_grad():
+        assert (eager_loss - base.train()(x).square().mean()).abs() > 0, "the adapters changed nothing"
+
+
 def test_loralib_dropout_in_training_warns_where_it_is_not_applied():
     loralib = pytest.importorskip("loralib")
     model = tiny_model()

@@ -167,14 +167,15 @@ class Trainer:
 
         self.resumed_from = self._resume_or_start()
         self.train_model: nn.Module = self.model
-        if self.dist.enabled:
-            self.train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.compile_pending = self.compiled  # until the first step has compiled forward and backward
         if self.compiled:
-            self.train_model = compile_for_training(self.train_model)
-            self._print("training.compile: the training forward runs through torch.compile, compiled on the first "
-                        "step (minutes; inductor's cache makes later runs quicker); validation runs eagerly")
+            self.train_model = compile_for_training(self.model)
+            self._print("training.compile: the training forward runs through torch.compile, each layer shape "
+                        "compiled once on the first step (inductor's cache makes later runs quicker); validation "
+                        "runs eagerly")
+        if self.dist.enabled:  # around the compiled layers: DDP's gradient hooks stay eager
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         wandb_run = None
         if self.dist.is_main:
             shown_args = {k: v for k, v in vars(args).items() if k != "wandb_key"}  # never log the key
