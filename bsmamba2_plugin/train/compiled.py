@@ -67,7 +67,7 @@ def compile_for_training(model: nn.Module) -> nn.Module:
 
     Layer by layer, because the layers are copies of one another: inductor compiles one graph per layer
     shape (time axis, band axis) and every layer of that shape reuses it. On the 2-core Xeon the paper
-    model's first step compiled in 74-80 s with an empty cache, against 5.3-5.7 min for the whole
+    model's first step compiled in 74-83 s with an empty cache, against 5.3-5.7 min for the whole
     model as one graph, and the step was no slower (README: "Compiled training"). The STFT, band
     split, mask estimators and loss stay eager: a small share of the step. `dynamic=False`: one static
     shape, since shape-generic code would lose the fixed chunk layout the fused loops are built for.
