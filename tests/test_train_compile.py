@@ -1,8 +1,9 @@
 """training.compile / --compile: the training forward through torch.compile (real inductor, real g++).
 
 Each compile of even the tiny model takes seconds to tens of seconds on two cores, so the suite compiles
-four times: in-process against the eager step, in a real training run, in two gloo processes
-(test_train_loop.py), and once with a C++ compiler that fails (cut short by its first error)."""
+a handful of times: in-process against the eager step (here, and with loralib and peft adapters in
+test_train_lora.py), in a real training run, in two gloo processes (test_train_loop.py), and once
+with a C++ compiler that fails (cut short by its first error)."""
 from __future__ import annotations
 
 import pytest
