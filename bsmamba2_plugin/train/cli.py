@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop after this many non-finite losses or gradients in a row")
     own.add_argument("--force_cpu", action="store_true", help="train on CPU even when CUDA is available")
     own.add_argument("--compile", action="store_true",
-                     help="run the training forward through torch.compile, as training.compile: true does "
-                          "(compiles on the first step; see README)")
+                     help="run the model's layers through torch.compile for training, as training.compile: true "
+                          "does (compiles on the first step; see README)")
     own.add_argument("--no_tensorboard", action="store_true")
     own.add_argument("--no_progress", action="store_true", help="no progress bars")
     own.add_argument("--demo_data_dir", default=None,

@@ -40,8 +40,8 @@ def check_compilable(model: nn.Module, device: torch.device, chunk_size_augm: bo
     """Refuse, before any training, what torch.compile cannot do well here (each with its way out)."""
     if chunk_size_augm:
         raise TrainingConfigError(
-            f"{KEY} with augmentations.chunk_size_augm: every batch length would compile anew (minutes each); "
-            f"turn one of them off")
+            f"{KEY} with augmentations.chunk_size_augm: every batch length would compile anew (over a minute "
+            f"each for the paper model on a 2-core CPU); turn one of them off")
     if device.type == "cpu":
         try:
             from torch._inductor.cpp_builder import get_cpp_compiler
