@@ -222,8 +222,8 @@ def test_training_keeps_only_the_projection_for_the_backward() -> None:
     torch.manual_seed(4)
     layer = Mamba2(64, expand=4, d_state=16)
     u = torch.randn(1, 450, 64)
-    projections = [t.detach().requires_grad_() for t in mamba2.in_projections([layer], u, layer.in_proj.weight[None], (3, 150))]
-    weights = torch.randn(1, 3, 150, 64)
+    projections = [t.detach().requires_grad_() for t in mamba2.in_projections(layer, u[0], layer.in_proj.weight, (3, 150))]
+    weights = torch.randn(3, 150, 64)
 
     def run(mix) -> tuple[int, list[torch.Tensor]]:
         storages: dict[int, int] = {}
@@ -233,7 +233,7 @@ def test_training_keeps_only_the_projection_for_the_backward() -> None:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = mix([layer], *projections)
+            out = mix(layer, *projections)
         params = [*projections, *layer.parameters()]
         grads = torch.autograd.grad((out * weights).sum(), params, allow_unused=True)
         return sum(storages.values()), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
@@ -242,28 +242,49 @@ def test_training_keeps_only_the_projection_for_the_backward() -> None:
     all_bytes, expected = run(mamba2._mix_and_project)  # the same computation, everything kept
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    # What is kept: the projections' storages (z and dt share one), nothing of conv, scan or norm.
+    # What is kept: the projections' storages, nothing of conv, scan or norm.
     zxbcdt_bytes = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in projections}.values())
     assert all_bytes > 4 * zxbcdt_bytes, (all_bytes, zxbcdt_bytes)
 
 
-def test_the_compiled_steps_conv_backward_is_the_convs_gradient():
-    """CompiledCausalConv (used inside torch.compile) against the eager conv's own autograd, in float64,
-    and against finite differences."""
+@pytest.mark.parametrize("function", ["CausalConv", "CompiledCausalConv"])
+def test_the_training_convs_backward_is_the_convs_gradient(function: str):
+    """The conv of a training step (CausalConv eagerly, CompiledCausalConv inside torch.compile) against
+    the plain conv's own autograd, in float64, and against finite differences; a frozen kernel and
+    bias (LoRA) get no gradient."""
     torch.manual_seed(0)
+    conv = getattr(mamba2, function)
     xBC = torch.randn(3, 11, 5, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
 
-    def compiled_form(xBC, weight, bias):
+    def training_form(xBC, weight, bias):
         images = xBC.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        return mamba2.CompiledCausalConv.apply(images, weight[:, None, None], bias)
+        return conv.apply(images, weight[:, None, None], bias)
 
     eager = F.silu(F.conv1d(xBC.transpose(1, 2), weight[:, None], bias, padding=3, groups=5)[..., :11]).transpose(1, 2)
-    got = F.silu(compiled_form(xBC, weight, bias))
+    got = F.silu(training_form(xBC, weight, bias))
     torch.testing.assert_close(got, eager)
     upstream = torch.randn_like(eager)
     for a, b in zip(torch.autograd.grad(got, (xBC, weight, bias), upstream),
                     torch.autograd.grad(eager, (xBC, weight, bias), upstream)):
         torch.testing.assert_close(a, b)
-    assert torch.autograd.gradcheck(compiled_form, (xBC, weight, bias))
+    assert torch.autograd.gradcheck(training_form, (xBC, weight, bias))
+    frozen_weight, frozen_bias = weight.detach(), bias.detach()
+    F.silu(training_form(xBC, frozen_weight, frozen_bias)).sum().backward()
+    assert xBC.grad is not None and frozen_weight.grad is None and frozen_bias.grad is None
+
+
+def test_an_eager_training_step_uses_the_training_conv(monkeypatch: pytest.MonkeyPatch):
+    """causal_conv_silu with gradients goes through CausalConv (its cheaper backward), without them
+    through the fused inference kernel; both give the same values."""
+    torch.manual_seed(1)
+    xBC, weight, bias = torch.randn(2, 9, 6, requires_grad=True), torch.randn(6, 4), torch.randn(6)
+    calls = []
+    real_apply = mamba2.CausalConv.apply
+    monkeypatch.setattr(mamba2.CausalConv, "apply", lambda *args: calls.append(1) or real_apply(*args))
+    trained = mamba2.causal_conv_silu(xBC, weight, bias)
+    with torch.no_grad():
+        inferred = mamba2.causal_conv_silu(xBC, weight, bias)
+    assert calls == [1]
+    torch.testing.assert_close(trained, inferred)

@@ -137,7 +137,7 @@ class Mamba2(nn.Module):
         w_in = bias_free_weights([self.in_proj], "in_proj")  # LoRA included
         if torch.compiler.is_exporting():
             return graph_mixer(self, u.flatten(0, -3), w_in[0]).view(u.shape)
-        return mix_and_project([self], *in_projections([self], u.flatten(0, -2)[None], w_in, u.shape[:-1]))[0]
+        return mix_and_project(self, *in_projections(self, u.flatten(0, -2), w_in[0], u.shape[:-1]))
 
     def forward_mamba_ssm(self, u: Tensor) -> Tensor:
         """The same computation through mamba-ssm's kernels (CUDA tensors only)."""
@@ -188,12 +188,12 @@ def causal_conv_silu(xBC: Tensor, weight: Tensor, bias: Tensor, dtype: torch.dty
             and _onednn_pointwise_conv() is not None):  # (oneDNN has no float64 kernels)
         conv = _onednn_pointwise_conv()(images, kernels, bias, [0, d_conv - 1], [1, 1], [1, 1], ch, "swish", [], "")
         return conv[..., :l].squeeze(2).transpose(1, 2)  # (b ch 1 l+d_conv-1) -> (b l ch)
-    if torch.compiler.is_compiling() and torch.is_grad_enabled():
-        return F.silu(CompiledCausalConv.apply(images, kernels, bias))
-    conv = _causal_conv(images, kernels, bias)
-    # The SiLU on the (b l ch) view: on the 4D conv output its backward ran 10x slower (strides that
-    # defeat the vectorised loop: 32 ms against 3 ms on (346, 512, 1, 35) in fp32).
-    return F.silu(conv, inplace=not torch.is_grad_enabled())
+    if torch.is_grad_enabled():
+        conv = (CompiledCausalConv if torch.compiler.is_compiling() else CausalConv).apply(images, kernels, bias)
+        # The SiLU on the (b l ch) view: on the 4D conv output its backward ran 10x slower (strides that
+        # defeat the vectorised loop: 32 ms against 3 ms on (346, 512, 1, 35) in fp32).
+        return F.silu(conv)
+    return F.silu(_causal_conv(images, kernels, bias), inplace=True)
 
 
 def _causal_conv(images: Tensor, kernels: Tensor, bias: Tensor) -> Tensor:
@@ -204,21 +204,50 @@ def _causal_conv(images: Tensor, kernels: Tensor, bias: Tensor) -> Tensor:
     return conv[..., :l].squeeze(2).transpose(1, 2)
 
 
-class CompiledCausalConv(torch.autograd.Function):
-    """The causal depthwise conv of `causal_conv_silu` in a compiled training step: images (b, ch, 1, l)
+class CausalConv(torch.autograd.Function):
+    """The causal depthwise conv of `causal_conv_silu` in an eager training step: images (b, ch, 1, l)
     channels-last, kernels (ch, 1, 1, d_conv), bias (ch,) -> (b, l, ch).
 
-    Forward: oneDNN's kernel, as eagerly. Backward: the d_conv shifted multiply-adds the conv stands
-    for, which inductor fuses with SiLU's backward around them. oneDNN's depthwise backward took 0.65 s
-    of the compiled bf16 step (paper model, 1 s); with this backward the step took 5.05-5.16 s against
-    5.20-5.55 s (two runs each, alternating, 2-core AMX Xeon). Eagerly each shifted product would be
-    a pass of its own, so the eager step keeps oneDNN's backward.
+    Forward: oneDNN's kernel, as without gradients. Backward: the input's gradient as the forward
+    conv of the gradient with the kernel reversed, the kernel's from oneDNN's weight gradient
+    alone, the bias's as a sum. Through autograd the conv's backward (oneDNN's combined kernel),
+    the zero-filled gradient of the cropped output and a contiguous copy of it took 59 ms against
+    40 ms on (62, 128, 1280) and 470-550 ms against 290 ms on (62, 832, 1280) (fp32, forward and
+    backward with the SiLU, 2-core AMX Xeon).
     """
 
     @staticmethod
     def forward(ctx: Any, images: Tensor, kernels: Tensor, bias: Tensor) -> Tensor:
         ctx.save_for_backward(images, kernels)
-        return _causal_conv(images, kernels, bias)
+        with torch.autocast(images.device.type, enabled=False):  # the output in the inputs' dtype, as the backward's
+            return _causal_conv(images, kernels, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        images, kernels = ctx.saved_tensors
+        channels, d_conv = kernels.shape[0], kernels.shape[-1]
+        # out_t = bias + sum_k w_k x_(t + k - shift): x_s gets sum_k w_k grad_(s - k + shift).
+        grad_images = grad.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (b ch 1 l)
+        grad_x = grad_w = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad_images, kernels.flip(-1), None, padding=(0, d_conv - 1),
+                              groups=channels)[..., d_conv - 1:]
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(
+                grad_images, F.pad(images, (d_conv - 1, 0)), kernels, None, [1, 1], [0, 0], [1, 1], False, [0, 0],
+                channels, [False, True, False])[1]
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 1))
+        return grad_x, grad_w, grad_bias
+
+
+class CompiledCausalConv(CausalConv):
+    """`CausalConv` inside a compiled training step. Its backward is the d_conv shifted multiply-adds
+    the conv stands for, which inductor fuses with SiLU's backward around them. oneDNN's depthwise
+    backward took 0.65 s of the compiled bf16 step (paper model, 1 s); with this backward the step
+    took 5.05-5.16 s against 5.20-5.55 s (two runs each, alternating, 2-core AMX Xeon). Eagerly each
+    shifted product would be a pass of its own.
+    """
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -242,68 +271,58 @@ def _onednn_pointwise_conv():
     return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
 
-def in_projections(mixers: Sequence[Mamba2], x: Tensor, w_in: Tensor, batch_shape: Sequence[int]
-                   ) -> tuple[Tensor, Tensor, Tensor]:
-    """in_proj of k mixers: x (k, tokens, d_model), w_in (k, d_in_proj, d_model) -> z, xBC, dt, each
-    (k, *batch_shape, width). Two products, so that xBC comes out dense: the depthwise conv reads a
-    dense input 2x faster than a column slice of the whole projection (measured in bf16 and fp32)."""
-    m = mixers[0]
-    w = w_in.transpose(1, 2).to(x.dtype)  # (k d_model d_in_proj)
+def in_projections(m: Mamba2, x: Tensor, w_in: Tensor, batch_shape: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """in_proj of mixer m: x (tokens, d_model), w_in (d_in_proj, d_model) -> z, xBC, dt, each
+    (*batch_shape, width). One product per part, so that each comes out dense: the depthwise conv
+    reads a dense xBC 2x faster than a column slice of the whole projection (measured in bf16 and
+    fp32), and in training no split's backward copies the three gradients into one."""
+    w = w_in.to(x.dtype)
     conv_end = m.d_inner + m.conv_dim
-    w_xBC = w[..., m.d_inner:conv_end].contiguous()
-    w_z_dt = torch.cat([w[..., :m.d_inner], w[..., conv_end:]], dim=-1)
-    xBC = torch.bmm(x, w_xBC).view(len(mixers), *batch_shape, -1)
-    z, dt = torch.bmm(x, w_z_dt).view(len(mixers), *batch_shape, -1).split([m.d_inner, m.nheads], dim=-1)
-    return z, xBC, dt
+    return tuple((x @ w[start:stop].t()).view(*batch_shape, stop - start)  # type: ignore[return-value]
+                 for start, stop in ((0, m.d_inner), (m.d_inner, conv_end), (conv_end, w.shape[0])))
 
 
 def both_directions(x: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[Tensor], eps: float) -> Tensor:
-    """Two pre-norm residual blocks, x + Mamba2(RMSNorm(x)), one on x and one on x reversed in time,
-    as one computation: (b, l, d) -> (b, l, 2 d), the directions concatenated (the second flipped back).
+    """Two pre-norm residual blocks, x + Mamba2(RMSNorm(x)), one on x and one on x reversed in time:
+    (b, l, d) -> (b, l, 2 d), the directions concatenated (the second flipped back).
 
-    RMSNorm's weight folds into in_proj, so both directions project x / rms(x); the reversed
-    direction gets the time-reversed input, and both run every product as one batch.
+    RMSNorm's weight folds into in_proj, so both directions project x / rms(x) (one normalisation);
+    the reversed direction gets the time-reversed input.
     """
     b, l, d = x.shape
     x32 = fp32_or_wider(x)
     x_hat = (x32 * inv_rms(x32, -1, eps)).to(x.dtype)
     # Padding at the end of each direction's own sequence is causal-safe: cropped below.
     padded = padded_length(l, mixers[0].torch_chunk_size)
-    inputs = F.pad(torch.stack([x_hat, x_hat.flip(1)]), (0, 0, 0, padded - l))  # (2 b padded d)
-    # The effective weights (linear_weight.py): a LoRA adapter on in_proj is applied here too.
-    w_in = bias_free_weights([mx.in_proj for mx in mixers], "in_proj") * torch.stack(list(norm_weights))[:, None]
-    if torch.compiler.is_exporting():
-        out = torch.stack([graph_mixer(m, inputs[i], w_in[i]) for i, m in enumerate(mixers)])
-    else:
-        out = mix_and_project(mixers, *in_projections(mixers, inputs.view(2, b * padded, d), w_in, (b, padded)))
-    out = out[:, :, :l]  # (2 b l d)
-    return torch.cat([x + out[0], x + out[1].flip(1)], dim=-1)
+    outputs = []
+    for m, norm_weight, inputs in zip(mixers, norm_weights, (x_hat, x_hat.flip(1))):
+        inputs = F.pad(inputs, (0, 0, 0, padded - l))  # (b padded d)
+        # The effective weight (linear_weight.py): a LoRA adapter on in_proj is applied here too.
+        w_in = bias_free_weights([m.in_proj], "in_proj")[0] * norm_weight
+        if torch.compiler.is_exporting():
+            out = graph_mixer(m, inputs, w_in)
+        else:
+            out = mix_and_project(m, *in_projections(m, inputs.view(b * padded, d), w_in, (b, padded)))
+        outputs.append(out[:, :l])
+    return torch.cat([x + outputs[0], x + outputs[1].flip(1)], dim=-1)
 
 
-def mix_and_project(mixers: Sequence[Mamba2], z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
-    """Mamba2 after in_proj (conv, scan, gated norm, out_proj) for k mixers of equal shape at once.
+def mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
+    """Mamba2 after in_proj (conv, scan, gated norm, out_proj): z, xBC, dt (b, l, width) from
+    `in_projections` -> (b, l, d_model).
 
-    z, xBC, dt: (k, b, l, width), slice i being mixer i's (`in_projections`) -> (k, b, l, d_model).
     When gradients are needed, only the projections are kept for the backward, which runs conv,
     scan and norm again, as mamba-ssm's fused kernel does: the scan's intermediates are about seven
     times their size, and the paper's batch of 5 x 8 s would not fit a GPU with them.
     """
     inputs = (z, xBC, dt)
-    if torch.is_grad_enabled() and (any(t.requires_grad for t in inputs)
-                                    or any(p.requires_grad for p in mixers[0].parameters())):
+    if torch.is_grad_enabled() and (any(t.requires_grad for t in inputs) or any(p.requires_grad for p in m.parameters())):
         # Nothing inside draws random numbers: no RNG state to keep for the rerun.
-        return checkpoint(_mix_and_project, mixers, *inputs, use_reentrant=False, preserve_rng_state=False)
-    return _mix_and_project(mixers, *inputs)
+        return checkpoint(_mix_and_project, m, *inputs, use_reentrant=False, preserve_rng_state=False)
+    return _mix_and_project(m, *inputs)
 
 
-def _mix_and_project(mixers: Sequence[Mamba2], z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
-    # Mixer by mixer: the (b, l, d_inner) activations of one are never copied next to another's,
-    # and only the d_model-wide outputs are stacked.
-    # (unbind, not indexing: the backward of each index would fill a zero tensor of all k mixers)
-    return torch.stack([_mix_and_project_one(*one) for one in zip(mixers, z.unbind(), xBC.unbind(), dt.unbind())])
-
-
-def _mix_and_project_one(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
+def _mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
     """One mixer after in_proj: z, xBC, dt (b, l, width) -> (b, l, d_model)."""
     g, n, h, p = m.ngroups, m.d_state, m.nheads, m.headdim
     # Without gradients the scan's products run in the activations' dtype (bf16 under autocast, as in
@@ -372,6 +391,6 @@ def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor) -> Tensor:
     if g > 1:
         normed = (gated * scale).view(b, h * p, l) * m.norm.weight[:, None]
         return normed.transpose(1, 2) @ w_out.t()
-    # One group: as in `_mix_and_project_one`, the norm's weight in out_proj, its scale on the output.
+    # One group: as in `_mix_and_project`, the norm's weight in out_proj, its scale on the output.
     out = gated.view(b, h * p, l).transpose(1, 2) @ (w_out * m.norm.weight).t()  # (b l d_model)
     return out * scale.view(b, 1, l).transpose(1, 2)

@@ -168,27 +168,32 @@ def _scan_differentiable(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size:
     # the zero of CB keeps values and gradients clean.
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
     CB = (Cc @ Bc.transpose(-1, -2)).masked_fill(~causal, 0.0).unsqueeze(3)  # (b c g 1 q_t q_s)
-    xc = x.view(b, c, q, h, p)
+    # The chunks as separate tensors: the backward of indexing chunk j fills a zero tensor of all c
+    # chunks (c of them per input, quadratic in the length); an unbind's backward is one stack.
+    chunks = zip(*(t.unbind(1) if c > 1 else (t.squeeze(1),) for t in (a_cum, a_cum_hq, Bc, Cc, CB, x.view(b, c, q, h, p))))
 
     y_chunks = []  # in-place writes into one y would make autograd copy all of y per chunk
-    state = x.new_zeros(b, g, n, hg * p) if c > 1 else None
-    for j in range(c):
-        segsum = a_cum_hq[:, j, :, :, None] - a_cum_hq[:, j, :, None, :]  # (b h q_t q_s)
-        scores = (segsum.clamp_max(0.0).exp().view(b, g, hg, q, q) * CB[:, j]).view(b * h, q, q)
+    state = None  # (b g n hg*p): per group, d_state x (heads x headdim)
+    for j, (a_j, a_hq_j, B_j, C_j, CB_j, x_j) in enumerate(chunks):
+        segsum = a_hq_j[..., :, None] - a_hq_j[..., None, :]  # (b h q_t q_s)
+        scores = (segsum.clamp_max(0.0).exp().view(b, g, hg, q, q) * CB_j).view(b * h, q, q)
         # One product on a head-major copy: autograd's backward of h slices costs more than the copy.
-        x_heads = xc[:, j].transpose(1, 2).reshape(b * h, q, p)
-        y_j = torch.bmm(scores, x_heads).view(b, h, q, p).transpose(1, 2)  # (b q h p)
-        if j > 0:
-            carried = (Cc[:, j] @ state).view(b, g, q, hg, p).transpose(1, 2).reshape(b, q, h, p)
-            y_j = torch.addcmul(y_j, carried, a_cum[:, j].exp().unsqueeze(-1))
+        y_j = torch.bmm(scores, x_j.transpose(1, 2).reshape(b * h, q, p)).view(b, h, q, p).transpose(1, 2)  # (b q h p)
+        if state is not None:
+            carried = (C_j @ state).view(b, g, q, hg, p).transpose(1, 2).reshape(b, q, h, p)
+            y_j = torch.addcmul(y_j, carried, a_j.exp().unsqueeze(-1))
         y_chunks.append(y_j)
         if j < c - 1:
-            to_end = torch.exp(a_cum[:, j, -1:] - a_cum[:, j]).unsqueeze(-1)  # (b q h 1)
-            weighted = (xc[:, j] * to_end).view(b, q, g, hg * p).transpose(1, 2).reshape(b * g, q, hg * p)
-            B_t = Bc[:, j].transpose(-1, -2).reshape(b * g, n, q)
-            decayed = (state.view(b, g, n, hg, p) * a_cum[:, j, -1].exp().view(b, g, 1, hg, 1)).view(b * g, n, hg * p)
-            state = torch.baddbmm(decayed, B_t, weighted).view(b, g, n, hg * p)
-    return torch.stack(y_chunks, dim=1).view(b, c * q, h, p)[:, :l]
+            to_end = torch.exp(a_j[:, -1:] - a_j).unsqueeze(-1)  # (b q h 1)
+            weighted = (x_j * to_end).view(b, q, g, hg * p).transpose(1, 2).reshape(b * g, q, hg * p)
+            B_t = B_j.transpose(-1, -2).reshape(b * g, n, q)
+            if state is None:
+                state = torch.bmm(B_t, weighted).view(b, g, n, hg * p)
+            else:
+                decayed = (state.view(b, g, n, hg, p) * a_j[:, -1].exp().view(b, g, 1, hg, 1)).view(b * g, n, hg * p)
+                state = torch.baddbmm(decayed, B_t, weighted).view(b, g, n, hg * p)
+    y = torch.stack(y_chunks, dim=1).view(b, c * q, h, p) if c > 1 else y_chunks[0]
+    return y if padded == l else y[:, :l]
 
 
 def segsum(a: Tensor) -> Tensor:
