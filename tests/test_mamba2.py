@@ -222,7 +222,8 @@ def test_training_keeps_only_the_projection_for_the_backward() -> None:
     torch.manual_seed(4)
     layer = Mamba2(64, expand=4, d_state=16)
     u = torch.randn(1, 450, 64)
-    projections = [t.detach().requires_grad_() for t in mamba2.in_projections(layer, u[0], layer.in_proj.weight, (3, 150))]
+    projections = [t.detach().requires_grad_()
+                   for t in mamba2.in_projections(layer, u[0], layer.in_proj.weight, (3, 150))]
     weights = torch.randn(3, 150, 64)
 
     def run(mix) -> tuple[int, list[torch.Tensor]]:

@@ -316,7 +316,7 @@ def mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
     times their size, and the paper's batch of 5 x 8 s would not fit a GPU with them.
     """
     inputs = (z, xBC, dt)
-    if torch.is_grad_enabled() and (any(t.requires_grad for t in inputs) or any(p.requires_grad for p in m.parameters())):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *m.parameters())):
         # Nothing inside draws random numbers: no RNG state to keep for the rerun.
         return checkpoint(_mix_and_project, m, *inputs, use_reentrant=False, preserve_rng_state=False)
     return _mix_and_project(m, *inputs)

@@ -170,7 +170,8 @@ def _scan_differentiable(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size:
     CB = (Cc @ Bc.transpose(-1, -2)).masked_fill(~causal, 0.0).unsqueeze(3)  # (b c g 1 q_t q_s)
     # The chunks as separate tensors: the backward of indexing chunk j fills a zero tensor of all c
     # chunks (c of them per input, quadratic in the length); an unbind's backward is one stack.
-    chunks = zip(*(t.unbind(1) if c > 1 else (t.squeeze(1),) for t in (a_cum, a_cum_hq, Bc, Cc, CB, x.view(b, c, q, h, p))))
+    per_chunk = (a_cum, a_cum_hq, Bc, Cc, CB, x.view(b, c, q, h, p))
+    chunks = zip(*(t.unbind(1) if c > 1 else (t.squeeze(1),) for t in per_chunk))
 
     y_chunks = []  # in-place writes into one y would make autograd copy all of y per chunk
     state = None  # (b g n hg*p): per group, d_state x (heads x headdim)
