@@ -44,6 +44,8 @@ def test_padded_length() -> None:
     assert padded_length(801, 64) == 832  # the time axis: whole chunks
     assert padded_length(1, 64) == 16
     assert padded_length(64, 64) == 64
+    assert padded_length(801, 64, ragged=True) == 816  # training: 12 chunks of 64 and one of 48
+    assert padded_length(62, 64, ragged=True) == 64
 
 
 @pytest.mark.parametrize("length, chunk_size", [(5, 4), (9, 4), (6, 16)])
@@ -53,11 +55,13 @@ def test_gradcheck(length: int, chunk_size: int) -> None:
     assert torch.autograd.gradcheck(lambda *t: ssd_chunked(*t, chunk_size), inputs)
 
 
-def test_gradients_equal_those_of_the_recurrence() -> None:
-    x, a, B, C = scan_inputs(70)
-    weights = torch.randn(2, 70, 4, 8, dtype=torch.float64)
+@pytest.mark.parametrize("length, chunk_size", [(70, 16), (70, 64), (100, 48)])
+def test_gradients_equal_those_of_the_recurrence(length: int, chunk_size: int) -> None:
+    """Whole chunks, and a shorter last chunk (64 + 16 steps, 48 + 48 + 16) as training lays them out."""
+    x, a, B, C = scan_inputs(length)
+    weights = torch.randn(2, length, 4, 8, dtype=torch.float64)
     grads = []
-    for scan in (lambda *t: ssd_chunked(*t, 16), ssd_sequential):
+    for scan in (lambda *t: ssd_chunked(*t, chunk_size), ssd_sequential):
         inputs = [t.clone().requires_grad_() for t in (x, a, B, C)]
         (scan(*inputs) * weights).sum().backward()
         grads.append([t.grad for t in inputs])

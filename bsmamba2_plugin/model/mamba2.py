@@ -293,7 +293,7 @@ def both_directions(x: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[
     x32 = fp32_or_wider(x)
     x_hat = (x32 * inv_rms(x32, -1, eps)).to(x.dtype)
     # Padding at the end of each direction's own sequence is causal-safe: cropped below.
-    padded = padded_length(l, mixers[0].torch_chunk_size)
+    padded = padded_length(l, mixers[0].torch_chunk_size, ragged=torch.is_grad_enabled())
     outputs = []
     for m, norm_weight, inputs in zip(mixers, norm_weights, (x_hat, x_hat.flip(1))):
         inputs = F.pad(inputs, (0, 0, 0, padded - l))  # (b padded d)

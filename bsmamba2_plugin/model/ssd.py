@@ -31,10 +31,11 @@ def _pad_time(t: Tensor, pad: int) -> Tensor:
     return t if pad == 0 else F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
 
 
-def padded_length(length: int, chunk_size: int) -> int:
+def padded_length(length: int, chunk_size: int, ragged: bool = False) -> int:
     """The length the scan works on: whole chunks, or one chunk rounded up to 16 steps
-    (odd matrix sizes such as 62 x 62 run at a quarter of the speed of 64 x 64 on CPU)."""
-    if length > chunk_size:
+    (odd matrix sizes such as 62 x 62 run at a quarter of the speed of 64 x 64 on CPU).
+    ragged: the differentiable scan's layout, whose last chunk may be shorter: 16 steps at a time."""
+    if length > chunk_size and not ragged:
         return -(-length // chunk_size) * chunk_size
     return -(-length // 16) * 16
 
@@ -154,46 +155,48 @@ def _scan_inference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
 
 
 def _scan_differentiable(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Tensor:
-    """`ssd_chunked` for autograd (x times dt), chunk by chunk in float32 with no in-place writes."""
+    """`ssd_chunked` for autograd (x times dt), chunk by chunk in float32 with no in-place writes.
+    The last chunk may be shorter (`padded_length(..., ragged=True)`): the padding steps of whole
+    chunks would cost as much as real ones, forward and backward."""
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     hg = h // g
-    padded, q, c = chunk_layout(l, chunk_size)
+    padded = padded_length(l, chunk_size, ragged=True)
     x, a, B, C = (_pad_time(t, padded - l) for t in (x, a, B, C))
-    a_cum = a.view(b, c, q, h).cumsum(2)  # (b c q h)
-    a_cum_hq = a_cum.transpose(2, 3).contiguous()  # (b c h q)
-    Bc = B.view(b, c, q, g, n).transpose(2, 3)  # (b c g q n)
-    Cc = C.view(b, c, q, g, n).transpose(2, 3)
-    # Above the diagonal the decay exponent is positive: clamped to 0 there, exp stays finite and
-    # the zero of CB keeps values and gradients clean.
-    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    CB = (Cc @ Bc.transpose(-1, -2)).masked_fill(~causal, 0.0).unsqueeze(3)  # (b c g 1 q_t q_s)
-    # The chunks as separate tensors: the backward of indexing chunk j fills a zero tensor of all c
-    # chunks (c of them per input, quadratic in the length); an unbind's backward is one stack.
-    per_chunk = (a_cum, a_cum_hq, Bc, Cc, CB, x.view(b, c, q, h, p))
-    chunks = zip(*(t.unbind(1) if c > 1 else (t.squeeze(1),) for t in per_chunk))
+    sizes = [chunk_size] * (padded // chunk_size) + ([padded % chunk_size] if padded % chunk_size else [])
+    # The chunks as separate tensors: the backward of indexing chunk j fills a zero tensor of all
+    # chunks (quadratic in the length); a split's backward is one concatenation.
+    chunks = zip(*(t.split(sizes, dim=1) if len(sizes) > 1 else (t,) for t in (x, a, B, C)))
 
     y_chunks = []  # in-place writes into one y would make autograd copy all of y per chunk
     state = None  # (b g n hg*p): per group, d_state x (heads x headdim)
-    for j, (a_j, a_hq_j, B_j, C_j, CB_j, x_j) in enumerate(chunks):
-        segsum = a_hq_j[..., :, None] - a_hq_j[..., None, :]  # (b h q_t q_s)
-        scores = (segsum.clamp_max(0.0).exp().view(b, g, hg, q, q) * CB_j).view(b * h, q, q)
+    for j, (x_j, a_j, B_j, C_j) in enumerate(chunks):
+        q = x_j.shape[1]
+        a_cum = a_j.cumsum(1)  # (b q h)
+        a_hq = a_cum.transpose(1, 2).contiguous()  # (b h q)
+        B_j, C_j = B_j.transpose(1, 2), C_j.transpose(1, 2)  # (b g q n)
+        # Above the diagonal the decay exponent is positive: clamped to 0 there, exp stays finite and
+        # the zero of C.B keeps values and gradients clean. C_t . B_s is shared by a group's heads.
+        causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+        CB = (C_j @ B_j.transpose(-1, -2)).masked_fill(~causal, 0.0).unsqueeze(2)  # (b g 1 q_t q_s)
+        segsum = a_hq[..., :, None] - a_hq[..., None, :]  # (b h q_t q_s)
+        scores = (segsum.clamp_max(0.0).exp().view(b, g, hg, q, q) * CB).view(b * h, q, q)
         # One product on a head-major copy: autograd's backward of h slices costs more than the copy.
         y_j = torch.bmm(scores, x_j.transpose(1, 2).reshape(b * h, q, p)).view(b, h, q, p).transpose(1, 2)  # (b q h p)
         if state is not None:
             carried = (C_j @ state).view(b, g, q, hg, p).transpose(1, 2).reshape(b, q, h, p)
-            y_j = torch.addcmul(y_j, carried, a_j.exp().unsqueeze(-1))
+            y_j = torch.addcmul(y_j, carried, a_cum.exp().unsqueeze(-1))
         y_chunks.append(y_j)
-        if j < c - 1:
-            to_end = torch.exp(a_j[:, -1:] - a_j).unsqueeze(-1)  # (b q h 1)
+        if j < len(sizes) - 1:
+            to_end = torch.exp(a_cum[:, -1:] - a_cum).unsqueeze(-1)  # (b q h 1)
             weighted = (x_j * to_end).view(b, q, g, hg * p).transpose(1, 2).reshape(b * g, q, hg * p)
             B_t = B_j.transpose(-1, -2).reshape(b * g, n, q)
             if state is None:
                 state = torch.bmm(B_t, weighted).view(b, g, n, hg * p)
             else:
-                decayed = (state.view(b, g, n, hg, p) * a_j[:, -1].exp().view(b, g, 1, hg, 1)).view(b * g, n, hg * p)
+                decayed = (state.view(b, g, n, hg, p) * a_cum[:, -1].exp().view(b, g, 1, hg, 1)).view(b * g, n, hg * p)
                 state = torch.baddbmm(decayed, B_t, weighted).view(b, g, n, hg * p)
-    y = torch.stack(y_chunks, dim=1).view(b, c * q, h, p) if c > 1 else y_chunks[0]
+    y = torch.cat(y_chunks, dim=1) if len(y_chunks) > 1 else y_chunks[0]
     return y if padded == l else y[:, :l]
 
 
