@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .backend import check_backend, mamba_ssm_kernels, use_mamba_ssm
 from .linear_weight import bias_free_weights, effective_bias, effective_weight
-from .ssd import padded_length, ssd_chunked, ssd_graph
+from .ssd import needs_gradients, padded_length, ssd_chunked, ssd_graph
 
 # The PyTorch scan's chunk length. It is not a weight: any chunk gives the same result up to
 # rounding. On CPU short chunks win (the quadratic part grows with Q); benchmarks/ measures it.
@@ -293,7 +293,9 @@ def both_directions(x: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[
     x32 = fp32_or_wider(x)
     x_hat = (x32 * inv_rms(x32, -1, eps)).to(x.dtype)
     # Padding at the end of each direction's own sequence is causal-safe: cropped below.
-    padded = padded_length(l, mixers[0].torch_chunk_size, ragged=torch.is_grad_enabled())
+    # Training's scan takes a shorter last chunk; inference's works on whole chunks.
+    ragged = needs_gradients(x, *norm_weights, *(p for m in mixers for p in m.parameters()))
+    padded = padded_length(l, mixers[0].torch_chunk_size, ragged=ragged)
     outputs = []
     for m, norm_weight, inputs in zip(mixers, norm_weights, (x_hat, x_hat.flip(1))):
         inputs = F.pad(inputs, (0, 0, 0, padded - l))  # (b padded d)
@@ -316,7 +318,7 @@ def mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
     times their size, and the paper's batch of 5 x 8 s would not fit a GPU with them.
     """
     inputs = (z, xBC, dt)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *m.parameters())):
+    if needs_gradients(*inputs, *m.parameters()):
         # Nothing inside draws random numbers: no RNG state to keep for the rerun.
         return checkpoint(_mix_and_project, m, *inputs, use_reentrant=False, preserve_rng_state=False)
     return _mix_and_project(m, *inputs)

@@ -31,6 +31,12 @@ def _pad_time(t: Tensor, pad: int) -> Tensor:
     return t if pad == 0 else F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
 
 
+def needs_gradients(*tensors: Tensor | None) -> bool:
+    """Whether autograd records work on these tensors: the choice between the differentiable scan
+    and the in-place inference one, which its callers lay their input out for."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def padded_length(length: int, chunk_size: int, ragged: bool = False) -> int:
     """The length the scan works on: whole chunks, or one chunk rounded up to 16 steps
     (odd matrix sizes such as 62 x 62 run at a quarter of the speed of 64 x 64 on CPU).
@@ -60,7 +66,7 @@ def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
     Without gradients the matrix products run in x's dtype (bf16 under autocast, see
     `_scan_inference`); with them, in float32.
     """
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, a, B, C, dt, D, z))):
+    if not needs_gradients(x, a, B, C, dt, D, z):
         return _scan_inference(x, a, B, C, chunk_size, dt, D, z)
     y = _scan_differentiable(x if dt is None else x * dt.unsqueeze(-1), a, B, C, chunk_size)
     y = y if D is None else torch.addcmul(y, x, D.reshape(-1, 1, x.shape[2], 1))
