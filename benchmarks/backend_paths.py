@@ -8,7 +8,8 @@ Issue 2's GPU checks in one command (needs CUDA and mamba-ssm; see README.md for
    the mamba_ssm path and on the torch path, in bf16 autocast and in fp32. Prints the largest
    difference relative to the largest output and the SDR of one path's output against the other's
    (dB); bf16 passes at >= 30 dB (3 % rms difference: bf16 keeps 8 bits of mantissa, and the two
-   paths round at different places: mamba-ssm scans bf16 inputs, the torch path casts them to fp32).
+   paths round at different places: both take bf16 operands for the scan's products, but mamba-ssm
+   keeps C.B in fp32 and cuts the sequence into chunks of 256 steps, the torch path 64).
 2. Training step (forward, paper loss, backward, AdamW, EMA) of the config's batch and chunk
    (paper: 5 x 8 s, bf16) on each path: seconds per step and peak GPU memory.
 Exit status 1 when the bf16 outputs disagree.

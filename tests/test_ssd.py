@@ -183,22 +183,36 @@ def test_zero_step_sizes_give_no_nan() -> None:
 
 def sdr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     """The package's uSDR over all elements."""
-    return usdr(reference.double().reshape(1, -1).numpy(), estimate.double().reshape(1, -1).numpy())
+    return usdr(*(t.detach().double().reshape(1, -1).numpy() for t in (reference, estimate)))
 
 
 @pytest.mark.parametrize("length", [62, 801])  # the band axis (one chunk) and the time axis (13 chunks)
 def test_bf16_products_stay_close_to_the_exact_scan(length: int) -> None:
     # Under bf16 autocast the mixer passes bf16 x, B, C (decays, dt and D stay fp32): the products and
-    # the carried state are bf16 as in mamba-ssm's kernels. The bound is the paper model's, 35 dB.
+    # the carried state are bf16 as in mamba-ssm's kernels, in inference and in training. The bound is
+    # the paper model's, 35 dB; the ragged layout of training (801 -> 816 steps) is covered too.
     x, a, B, C, dt, D = raw_scan_inputs(length, batch=3, heads=4, groups=1, dtype=torch.float32)
     B, C = B * 16**-0.5, C * 16**-0.5  # unit-scale C . B, as after the conv's SiLU
-    expected = folded_by_hand(*(t.double() for t in (x, a, B, C, dt, D)))
+    exact = [t.double().requires_grad_() for t in (x, a, B, C, dt, D)]
+    expected = folded_by_hand(*exact)
     with torch.no_grad():
         got = ssd_chunked(x.bfloat16(), a, B.bfloat16(), C.bfloat16(), 64, dt=dt, D=D)
         fp32 = ssd_chunked(x, a, B, C, 64, dt=dt, D=D)
     assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
     assert sdr_db(expected, fp32) > 100
     assert sdr_db(expected, got) > 35, f"bf16 products: {sdr_db(expected, got):.1f} dB from the exact scan"
+
+    leaves = [t.clone().requires_grad_() for t in (x.bfloat16(), a, B.bfloat16(), C.bfloat16(), dt, D)]
+    trained = ssd_chunked(*leaves[:4], 64, dt=leaves[4], D=leaves[5])
+    assert trained.dtype == torch.bfloat16
+    assert sdr_db(expected, trained) > 35, f"differentiable: {sdr_db(expected, trained):.1f} dB"
+    weights = torch.randn(expected.shape, generator=torch.Generator().manual_seed(3))
+    (expected * weights.double()).sum().backward()
+    (trained.float() * weights).sum().backward()
+    for name, leaf, reference in zip("x a B C dt D".split(), leaves, exact):
+        assert leaf.grad.dtype == leaf.dtype and torch.isfinite(leaf.grad).all()
+        agreement = sdr_db(reference.grad, leaf.grad)
+        assert agreement > 40, f"gradient of {name}: {agreement:.1f} dB from the exact scan's"
 
 
 @pytest.mark.parametrize("length", [7, 64, 801])

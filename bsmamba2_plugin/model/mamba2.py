@@ -327,16 +327,18 @@ def mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
 def _mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor) -> Tensor:
     """One mixer after in_proj: z, xBC, dt (b, l, width) -> (b, l, d_model)."""
     g, n, h, p = m.ngroups, m.d_state, m.nheads, m.headdim
-    # Without gradients the scan's products run in the activations' dtype (bf16 under autocast, as in
-    # mamba-ssm's kernels; its decays stay fp32: see ssd._scan_inference); for training everything
-    # from the conv's output on is fp32. Each bf16 tensor is cast once where it enters fp32 work: on
-    # CPU an op that mixes bf16 and fp32 operands runs outside the vectorised loops.
-    bf16_scan = not torch.is_grad_enabled() and z.dtype == torch.bfloat16
+    # The scan's products run in the activations' dtype, bf16 under bf16 autocast, in training as in
+    # inference: as in mamba-ssm's kernels, whose conv hands the scan bf16 x, B, C; the decays, dt and
+    # D stay fp32 (see ssd.py). fp16 activations get an fp32 scan. Each bf16 tensor is cast once where
+    # it enters fp32 work: on CPU an op that mixes bf16 and fp32 operands runs outside the vectorised loops.
+    scan_dtype = torch.bfloat16 if z.dtype == torch.bfloat16 else fp32_or_wider_dtype(z.dtype)
     with torch.autocast(device_type=z.device.type, enabled=False):
-        # The conv and its SiLU in the scan's dtype. (For training, casting before the conv instead of after
-        # costs the same pass and halves the conv's backward: oneDNN's bf16 depthwise backward is 2x slower.)
+        # The conv and its SiLU in the scan's dtype, except in training: there in fp32 and cast after, as
+        # oneDNN's bf16 depthwise backward is 2x slower (paper width, 1 s, bf16 step: 6.3-6.5 s against
+        # 5.9-6.0 s with the fp32 conv, 2-core AMX Xeon).
+        training = needs_gradients(z, xBC, dt, *m.parameters())
         xBC = causal_conv_silu(xBC, m.conv1d.weight.squeeze(1), m.conv1d.bias,
-                               xBC.dtype if bf16_scan else fp32_or_wider_dtype(xBC.dtype))
+                               fp32_or_wider_dtype(xBC.dtype) if training else scan_dtype).to(scan_dtype)
         x, B, C = xBC.split([m.d_inner, g * n, g * n], dim=-1)
         x, B, C = x.unflatten(-1, (h, p)), B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n))
         dt = F.softplus(fp32_or_wider(dt) + fp32_or_wider(m.dt_bias))  # (b l h)

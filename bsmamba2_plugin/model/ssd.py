@@ -8,9 +8,9 @@ For every head the scan computes, with a_t = dt_t * A the (negative) log decay o
 `ssd_chunked` evaluates it as mamba's `ssd_minimal.py` does: the sequence is cut into chunks
 of Q steps; inside a chunk the recurrence is a masked (Q x Q) matrix product, between chunks
 only the (d_state x headdim) state is carried. The decays (cumulative sums of a and their
-exponentials) are always float32: they are products of many factors below one. Without gradients
-the matrix products take x's dtype, so under bf16 autocast they run on bf16 operands, as in
-mamba-ssm's kernels; with gradients everything is float32.
+exponentials) are always float32: they are products of many factors below one. The matrix
+products take x's dtype, so under bf16 autocast they run on bf16 operands, in training as in
+inference, as in mamba-ssm's kernels.
 `ssd_reference` is the same chunked algorithm in its plain form, every chunk at once, named as
 in the paper (L = exp(segsum(A)), Y = (L o C B^T) X inside a chunk, states passed between
 chunks), with no Python loop over heads or chunks. `ssd_graph` is the chunk-by-chunk algorithm
@@ -63,14 +63,15 @@ def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
     mamba-ssm's chunk scan). Returns y: (b, l, h, p) in x's dtype.
     A sequence no longer than `chunk_size` is one chunk: no state to carry, which keeps the
     short band axis cheap. Input of `padded_length` needs no padding copy here.
-    Without gradients the matrix products run in x's dtype (bf16 under autocast, see
-    `_scan_inference`); with them, in float32.
+    The matrix products run in x's dtype (bf16 under autocast, see `_scan_inference`), with or
+    without gradients; the decays in a's.
     """
     if not needs_gradients(x, a, B, C, dt, D, z):
         return _scan_inference(x, a, B, C, chunk_size, dt, D, z)
-    y = _scan_differentiable(x if dt is None else x * dt.unsqueeze(-1), a, B, C, chunk_size)
-    y = y if D is None else torch.addcmul(y, x, D.reshape(-1, 1, x.shape[2], 1))
-    return y if z is None else y * F.silu(z.to(y.dtype))
+    products = x.dtype
+    y = _scan_differentiable(x if dt is None else x * dt.unsqueeze(-1).to(products), a, B, C, chunk_size)
+    y = y if D is None else torch.addcmul(y, x, D.reshape(-1, 1, x.shape[2], 1).to(products))
+    return y if z is None else y * F.silu(z.to(products))
 
 
 # Sequences per step of `_scan_inference`, chosen so that a step's (heads x Q x Q) decays stay in
@@ -161,12 +162,16 @@ def _scan_inference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
 
 
 def _scan_differentiable(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> Tensor:
-    """`ssd_chunked` for autograd (x times dt), chunk by chunk in float32 with no in-place writes.
+    """`ssd_chunked` for autograd (x times dt), chunk by chunk with no in-place writes.
     The last chunk may be shorter (`padded_length(..., ragged=True)`): the padding steps of whole
-    chunks would cost as much as real ones, forward and backward."""
+    chunks would cost as much as real ones, forward and backward.
+    As in `_scan_inference` and mamba-ssm's kernels, the products and what they read (the decayed
+    scores, x, B, C, the carried state) are in x's dtype and the decays in a's (float32); C . B,
+    a product, is rounded to x's dtype once more than in mamba-ssm, which keeps it in float32."""
     b, l, h, p = x.shape
     g, n = B.shape[-2:]
     hg = h // g
+    products, decays = x.dtype, a.dtype
     padded = padded_length(l, chunk_size, ragged=True)
     x, a, B, C = (_pad_time(t, padded - l) for t in (x, a, B, C))
     sizes = [chunk_size] * (padded // chunk_size) + ([padded % chunk_size] if padded % chunk_size else [])
@@ -184,23 +189,25 @@ def _scan_differentiable(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size:
         # Above the diagonal the decay exponent is positive: clamped to 0 there, exp stays finite and
         # the zero of C.B keeps values and gradients clean. C_t . B_s is shared by a group's heads.
         causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-        CB = (C_j @ B_j.transpose(-1, -2)).masked_fill(~causal, 0.0).unsqueeze(2)  # (b g 1 q_t q_s)
+        CB = (C_j @ B_j.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (b g q_t q_s), x's dtype
+        CB = CB.to(decays).unsqueeze(2)  # (b g 1 q_t q_s)
         segsum = a_hq[..., :, None] - a_hq[..., None, :]  # (b h q_t q_s)
-        scores = (segsum.clamp_max(0.0).exp().view(b, g, hg, q, q) * CB).view(b * h, q, q)
+        scores = (segsum.clamp_max(0.0).exp().view(b, g, hg, q, q) * CB).view(b * h, q, q).to(products)
         # One product on a head-major copy: autograd's backward of h slices costs more than the copy.
         y_j = torch.bmm(scores, x_j.transpose(1, 2).reshape(b * h, q, p)).view(b, h, q, p).transpose(1, 2)  # (b q h p)
         if state is not None:
             carried = (C_j @ state).view(b, g, q, hg, p).transpose(1, 2).reshape(b, q, h, p)
-            y_j = torch.addcmul(y_j, carried, a_cum.exp().unsqueeze(-1))
+            y_j = torch.addcmul(y_j, carried, a_cum.exp().unsqueeze(-1).to(products))
         y_chunks.append(y_j)
         if j < len(sizes) - 1:
-            to_end = torch.exp(a_cum[:, -1:] - a_cum).unsqueeze(-1)  # (b q h 1)
+            to_end = torch.exp(a_cum[:, -1:] - a_cum).unsqueeze(-1).to(products)  # (b q h 1)
             weighted = (x_j * to_end).view(b, q, g, hg * p).transpose(1, 2).reshape(b * g, q, hg * p)
             B_t = B_j.transpose(-1, -2).reshape(b * g, n, q)
             if state is None:
                 state = torch.bmm(B_t, weighted).view(b, g, n, hg * p)
             else:
-                decayed = (state.view(b, g, n, hg, p) * a_cum[:, -1].exp().view(b, g, 1, hg, 1)).view(b * g, n, hg * p)
+                chunk_decay = a_cum[:, -1].exp().view(b, g, 1, hg, 1).to(products)
+                decayed = (state.view(b, g, n, hg, p) * chunk_decay).view(b * g, n, hg * p)
                 state = torch.baddbmm(decayed, B_t, weighted).view(b, g, n, hg * p)
     y = torch.cat(y_chunks, dim=1) if len(y_chunks) > 1 else y_chunks[0]
     return y if padded == l else y[:, :l]
