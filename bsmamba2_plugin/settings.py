@@ -33,6 +33,13 @@ def config_value(section: Any, key: str, default: Any = None) -> Any:
         return getattr(section, key, default)
 
 
+def true_or_false(value: Any, name: str) -> bool:
+    """A yes/no setting: only true or false (bool() would read the string "false" as true)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: expected true or false")
+    return value
+
+
 def positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -103,7 +110,7 @@ class InferenceSettings:
             instruments=instruments,
             all_instruments=everything,
             normalize=config_value(inference, "normalize", False) is True,
-            use_amp=bool(config_value(training, "use_amp", True)),
+            use_amp=true_or_false(config_value(training, "use_amp", True), "training.use_amp"),
             precision=str(config_value(inference, "precision", "auto")),
         )
         return settings.with_options(**options)
@@ -126,8 +133,7 @@ class InferenceSettings:
                              f"the step would be zero")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-        if not isinstance(self.use_tta, bool):
-            raise ValueError(f"use_tta must be True or False, got {self.use_tta!r}")
+        true_or_false(self.use_tta, "use_tta")
 
     @property
     def target_index(self) -> int | None:

@@ -1,6 +1,7 @@
 """precision.py: native bf16 from what the CPU reports, the choice it makes, and its errors."""
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import pytest
 import torch
 
 from bsmamba2_plugin import precision as P
+from bsmamba2_plugin.config import load_config
+from bsmamba2_plugin.settings import InferenceSettings
 
 INTEL_AMX = "processor\t: 0\nmodel name\t: Intel Xeon\nflags\t\t: fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n"
 ZEN4 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n"
@@ -117,3 +120,13 @@ def test_autocast_runs_products_in_bf16_and_fp32_untouched() -> None:
 def test_this_machine_is_read_without_error() -> None:
     native, why = P.device_native_bf16(torch.device("cpu"))
     assert isinstance(native, bool) and why
+
+
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_use_amp_must_be_true_or_false(value) -> None:
+    # bool("false") is True: a quoted value would have turned mixed precision on without a word.
+    config = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "bsmamba2_vocals_small.yaml"))
+    with config.training.ignore_type():  # a YAML file can hold any type there
+        config.training.use_amp = value
+    with pytest.raises(ValueError, match=re.escape(f"training.use_amp={value!r}: expected true or false")):
+        InferenceSettings.from_config(config)

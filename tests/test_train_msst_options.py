@@ -436,3 +436,14 @@ def test_msst_dataset_types_train_through_the_msst_package(tmp_path, dataset_typ
                         "--no_tensorboard", "--dataset_type", str(dataset_type)])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"Dataset type: {dataset_type}" in result.stdout and "Done: 2 optimizer steps" in result.stdout
+
+
+def test_a_use_amp_that_is_not_true_or_false_is_refused_at_start(tmp_path):
+    config = tiny_config(tmp_path / "tiny.yaml")
+    with_keys(config, training={"use_amp": "no"})
+    data = make_tracks(tmp_path / "train", count=2)
+    run = run_train(["--config_path", str(config), "--data_path", str(data), "--results_path",
+                     str(tmp_path / "results")])
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "training.use_amp='no': expected true or false" in run.stderr, run.stderr
+    assert not (tmp_path / "results" / "last_bsmamba2.ckpt").exists()

@@ -21,6 +21,7 @@ from torch import nn
 from bsmamba2_plugin.model.backend import ENV_VAR, mamba_ssm_kernels, resolve_backend
 from bsmamba2_plugin.model.bsmamba2 import BidirectionalMamba
 from bsmamba2_plugin.model.mamba2 import Mamba2
+from bsmamba2_plugin.settings import true_or_false
 
 from .errors import TrainingConfigError
 
@@ -30,10 +31,10 @@ TURN_OFF = f"set {KEY}: false (and drop --compile) to train eagerly"
 
 def compile_setting(training: Any, flag: bool) -> bool:
     """training.compile, or True when the command line's --compile asks for it."""
-    value = training.get("compile", False)
-    if not isinstance(value, bool):
-        raise TrainingConfigError(f"{KEY}={value!r}: expected true or false")
-    return value or flag
+    try:
+        return true_or_false(training.get("compile", False), KEY) or flag
+    except ValueError as error:
+        raise TrainingConfigError(str(error)) from None
 
 
 def check_compilable(model: nn.Module, device: torch.device, chunk_size_augm: bool) -> None:

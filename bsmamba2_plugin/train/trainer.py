@@ -35,7 +35,7 @@ from bsmamba2_plugin.evaluate.scoring import ALWAYS, average
 from bsmamba2_plugin.metrics import METRIC_DIRECTIONS
 from bsmamba2_plugin.model import BSMamba2
 from bsmamba2_plugin.precision import training_precision
-from bsmamba2_plugin.settings import sample_rate
+from bsmamba2_plugin.settings import sample_rate, true_or_false
 
 from .augmentations import ChunkSizeAugmentation
 from .checkpoints import (
@@ -285,11 +285,11 @@ class Trainer:
 
     def _autocast_dtype(self, training: Any) -> torch.dtype | None:
         try:  # on a CPU, bf16 where it multiplies bf16 natively (precision.py)
-            chosen = training_precision(bool(training.get("use_amp", False)),
-                                        str(training.get("amp_dtype", "bfloat16")), self.device)
+            use_amp = true_or_false(training.get("use_amp", False), "training.use_amp")
+            chosen = training_precision(use_amp, str(training.get("amp_dtype", "bfloat16")), self.device)
         except ValueError as error:
             raise TrainingConfigError(str(error)) from None
-        if training.get("use_amp", False):
+        if use_amp:
             self._print(f"training.use_amp: {chosen.reason}")
         return chosen.dtype
 
