@@ -14,8 +14,8 @@ inference, as in mamba-ssm's kernels.
 `ssd_reference` is the same chunked algorithm in its plain form, every chunk at once, named as
 in the paper (L = exp(segsum(A)), Y = (L o C B^T) X inside a chunk, states passed between
 chunks), with no Python loop over heads or chunks. `ssd_graph` is the chunk-by-chunk algorithm
-as the ONNX export traces it, channels first: the loop over chunks one `scan` (an ONNX Scan
-node), heads batched, so the graph grows with neither. `ssd_sequential` is the recurrence as a
+as the ONNX export traces it, channels first in and chunk-major out: the loop over chunks one
+`scan` (an ONNX Scan node), heads batched, so the graph grows with neither. `ssd_sequential` is the recurrence as a
 loop: the reference the tests hold the three chunked forms to, and the baseline of the speed
 benchmark.
 """
@@ -258,14 +258,17 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: T
               ) -> Tensor:
     """`ssd_chunked(x, a, B, C, chunk_size, dt=dt, D=D, z=z)` in the form an ONNX graph runs well (the
     export traces this one), channels first: x, z (b, h, p, l); a, dt (b, h, l); B, C (b, g, n, l);
-    D (h,). Returns the gated y (b, h, p, l).
+    D (h,). Returns the gated y chunk-major, (c, b, h, p, q) for c chunks of q steps (`chunk_layout`),
+    as the Scan stacks it; steps past l are padding, for the caller to drop.
 
     Channels first, every product reads its operands where they lie: inside a chunk y^T = x^T S^T with
     S^T built transposed, the state is (heads x headdim) x d_state per group, and the depthwise conv
     before it gets the (b, ch, l) layout ONNX's Conv wants. The folds of `_scan_inference` (dt in the
     exponent, D on the diagonal, the gate on each chunk) spare passes over the activations, which
     is what onnxruntime's time goes to. The loop over chunks is a `scan` (one ONNX Scan node: the
-    graph does not grow with chunks) and the heads are batched in every product.
+    graph does not grow with chunks) and the heads are batched in every product. y stays in the
+    Scan's layout because onnxruntime's Transpose back to channels first took 10-11 ms a direction
+    on a 2 s chunk, where the mixer's out_proj reads it chunk-major at no cost.
     """
     from torch._higher_order_ops.scan import scan
 
@@ -301,21 +304,20 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: T
         return new_state + (state.view(b, g, hg, p, n) * chunk_decay).view(b, g, hg * p, n), y
 
     if c == 1:
-        y = one_chunk(None, x, z, a_cum[:, :, 0], a_from[:, :, 0], B, C)[1]
-    else:
-        # Chunk-major, so that the scan runs over the leading axis.
-        xs, zs = (t.view(b, h, p, c, q).permute(3, 0, 1, 2, 4) for t in (x, z))  # (c b h p q)
-        a_cums, a_froms = (t.permute(2, 0, 1, 3) for t in (a_cum, a_from))  # (c b h q)
-        Bs, Cs = (t.view(b, g, n, c, q).permute(3, 0, 1, 2, 4) for t in (B, C))  # (c b g n q)
+        return one_chunk(None, x, z, a_cum[:, :, 0], a_from[:, :, 0], B, C)[1].unsqueeze(0)
+    # Chunk-major, so that the scan runs over the leading axis.
+    xs, zs = (t.view(b, h, p, c, q).permute(3, 0, 1, 2, 4) for t in (x, z))  # (c b h p q)
+    a_cums, a_froms = (t.permute(2, 0, 1, 3) for t in (a_cum, a_from))  # (c b h q)
+    Bs, Cs = (t.view(b, g, n, c, q).permute(3, 0, 1, 2, 4) for t in (B, C))  # (c b g n q)
 
-        def step(state: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-            return one_chunk(state, *inputs)
+    def step(state: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        return one_chunk(state, *inputs)
 
-        # All chunks in the Scan, from a zero state (one small wasted product on the first chunk; the
-        # same speed as running the first chunk outside, with fewer nodes and no slices of the inputs).
-        _, y = scan(step, x.new_zeros(b, g, hg * p, n), (xs, zs, a_cums, a_froms, Bs, Cs))
-        y = y.permute(1, 2, 3, 0, 4).reshape(b, h, p, padded)
-    return y if padded == l else y[..., :l]
+    # All chunks in the Scan, from a zero state (one small wasted product on the first chunk; the
+    # same speed as running the first chunk outside, with fewer nodes and no slices of the inputs).
+    # torch.zeros exports as one Expand; x.new_zeros as ConstantOfShape and a cast of the whole state.
+    state = torch.zeros(b, g, hg * p, n, dtype=x.dtype, device=x.device)
+    return scan(step, state, (xs, zs, a_cums, a_froms, Bs, Cs))[1]
 
 
 def ssd_sequential(x: Tensor, a: Tensor, B: Tensor, C: Tensor) -> Tensor:
