@@ -15,9 +15,9 @@ inference, as in mamba-ssm's kernels.
 in the paper (L = exp(segsum(A)), Y = (L o C B^T) X inside a chunk, states passed between
 chunks), with no Python loop over heads or chunks. `ssd_graph` is the chunk-by-chunk algorithm
 as the ONNX export traces it, channels first in and chunk-major out: the loop over chunks one
-`scan` (an ONNX Scan node), heads batched, so the graph grows with neither. `ssd_sequential` is the recurrence as a
-loop: the reference the tests hold the three chunked forms to, and the baseline of the speed
-benchmark.
+`scan` (an ONNX Scan node), heads batched, so the graph grows with neither. `ssd_sequential` is
+the recurrence as a loop: the reference the tests hold the three chunked forms to, and the
+baseline of the speed benchmark.
 """
 from __future__ import annotations
 
