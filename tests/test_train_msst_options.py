@@ -447,3 +447,19 @@ def test_a_use_amp_that_is_not_true_or_false_is_refused_at_start(tmp_path):
     assert run.returncode == 2, run.stdout + run.stderr
     assert "training.use_amp='no': expected true or false" in run.stderr, run.stderr
     assert not (tmp_path / "results" / "last_bsmamba2.ckpt").exists()
+
+
+def test_a_config_without_use_amp_trains_with_it_true_as_msst_does(tmp_path):
+    """MSST's train.py reads a missing training.use_amp as true; so does the separator here."""
+    from bsmamba2_plugin.precision import training_precision
+
+    path = tiny_config(tmp_path / "c.yaml", num_steps=1, num_epochs=1)
+    raw = yaml.safe_load(path.read_text())
+    del raw["training"]["use_amp"]
+    path.write_text(yaml.safe_dump(raw))
+    data = make_tracks(tmp_path / "train", count=2)
+    run = run_train(["--config_path", str(path), "--data_path", str(data), "--results_path", str(tmp_path / "r"),
+                     "--no_tensorboard"])
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    expected = training_precision(True, "bfloat16", "cpu").reason  # bf16 or fp32, as this CPU allows
+    assert f"Training precision: {expected} (training.use_amp absent: true, as in MSST)" in run.stdout, run.stdout

@@ -285,12 +285,13 @@ class Trainer:
 
     def _autocast_dtype(self, training: Any) -> torch.dtype | None:
         try:  # on a CPU, bf16 where it multiplies bf16 natively (precision.py)
-            use_amp = true_or_false(training.get("use_amp", False), "training.use_amp")
+            # Absent, it is true, as in MSST's train.py and in the separator's settings.
+            use_amp = true_or_false(training.get("use_amp", True), "training.use_amp")
             chosen = training_precision(use_amp, str(training.get("amp_dtype", "bfloat16")), self.device)
         except ValueError as error:
             raise TrainingConfigError(str(error)) from None
-        if use_amp:
-            self._print(f"training.use_amp: {chosen.reason}")
+        absent = "" if "use_amp" in training else " (training.use_amp absent: true, as in MSST)"
+        self._print(f"Training precision: {chosen.reason}{absent}")
         return chosen.dtype
 
     def _validated_instruments(self) -> list[str]:
