@@ -18,9 +18,9 @@ from pathlib import Path
 
 from bsmamba2_plugin.cpu_allocator import tune_cpu_allocator
 
-# As the package's commands do, for both runtimes: onnxruntime runs with its arena off
-# (OnnxChunkModel), and without this glibc hands every large intermediate back to the kernel and
-# faults it in again on the next node (measured: 6.1 s -> 3.8 s per 2 s chunk, depth-1 model).
+# As the package's commands do, for both runtimes: without this glibc hands every large
+# intermediate back to the kernel and PyTorch faults it in again on the next op (measured with
+# onnxruntime's arena off: 6.1 s -> 3.8 s per 2 s chunk, depth-1 model).
 tune_cpu_allocator()
 
 import torch  # noqa: E402

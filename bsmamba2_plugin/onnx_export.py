@@ -161,9 +161,9 @@ class OnnxChunkModel(nn.Module):
             raise FileNotFoundError(f"ONNX model {onnx_path} does not exist")
         self.onnx_path = onnx_path
         options = onnxruntime.SessionOptions()
-        # onnxruntime's arena keeps every size it ever handed out: on the paper model's 8 s chunk
-        # (activations of up to 1 GB each) it grew past 23 GB; plain allocations peak at about 7 GB.
-        options.enable_cpu_mem_arena = False
+        # onnxruntime's arena is left on. It outgrew 23 GB on the graph of 2026-12-02 (activations of up
+        # to 1 GB each); on the Scan graph, paper model, 8 s chunks of batch 2, 1, 2, it peaked at
+        # 10.3 GiB against 9.9 GiB without it, 1-10 % faster per chunk (2026-12-07, README).
         # Its memory-pattern planner sizes one block for all intermediates it expects together: for a
         # paper-width depth-2 model on a 4 s chunk that peaked at 22.5 GB, against 8.1 GB without it
         # (same time per chunk, 2026-12-03).
