@@ -19,8 +19,8 @@ from pathlib import Path
 from bsmamba2_plugin.cpu_allocator import tune_cpu_allocator
 
 # As the package's commands do, for both runtimes: without this glibc hands every large
-# intermediate back to the kernel and PyTorch faults it in again on the next op (measured with
-# onnxruntime's arena off: 6.1 s -> 3.8 s per 2 s chunk, depth-1 model).
+# intermediate back to the kernel and the next op faults it in again (PyTorch's, and onnxruntime's
+# with its arena off: there 6.1 s -> 3.8 s per 2 s chunk, depth-1 model).
 tune_cpu_allocator()
 
 import torch  # noqa: E402
