@@ -200,13 +200,17 @@ def two_directions(dim: int = 32) -> BidirectionalMamba:
     return block
 
 
-def test_fused_directions_equal_the_two_blocks() -> None:
+@pytest.mark.parametrize("autocast", [False, True], ids=["merge-folded", "merge-after-concat"])
+def test_fused_directions_equal_the_two_blocks(autocast: bool) -> None:
+    """Without autocast the merge folds into the out_projs; under it, it is one product after the
+    concatenation. Autocast leaves float64 alone, so both forms are checked exactly here."""
     block = two_directions()
     x = torch.randn(3, 37, 32, dtype=torch.float64)
     forward = block.forward_blocks[0](x)
     backward = block.backward_blocks[0](x.flip(1)).flip(1)
     expected = block.linear(torch.cat([forward, backward], -1).transpose(1, 2)).transpose(1, 2) + x
-    torch.testing.assert_close(block(x), expected, rtol=1e-10, atol=1e-10)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        torch.testing.assert_close(block(x), expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("silenced, affected", [("forward", "past"), ("backward", "future")])

@@ -161,12 +161,13 @@ class BidirectionalMamba(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (sequences, length, dim)."""
         fwd, bwd = self.forward_blocks[0], self.backward_blocks[0]
+        merge_weight = self.linear.weight.squeeze(-1).t()  # (dim, 2 dim)
         if use_mamba_ssm(fwd.mixer.backend, x):
             both = torch.cat([fwd(x), bwd(x.flip(1)).flip(1)], dim=-1)
-        else:
-            # The PyTorch path: both Blocks as one computation (mamba2.py).
-            both = both_directions(x, [fwd.mixer, bwd.mixer], [fwd.norm.weight, bwd.norm.weight], fwd.norm.eps)
-        return F.linear(both, self.linear.weight.squeeze(-1).t(), self.linear.bias) + x
+            return F.linear(both, merge_weight, self.linear.bias) + x
+        # The PyTorch path: both Blocks and the merge as one computation (mamba2.py).
+        return both_directions(x, [fwd.mixer, bwd.mixer], [fwd.norm.weight, bwd.norm.weight], fwd.norm.eps,
+                               merge_weight, self.linear.bias)
 
 
 class BSMamba2(nn.Module):
