@@ -40,6 +40,12 @@ def true_or_false(value: Any, name: str) -> bool:
     return value
 
 
+def use_amp_setting(training: Any) -> bool:
+    """training.use_amp, true when absent, as MSST's train.py and utils/model_utils.py read it:
+    the one reading for separation and training."""
+    return true_or_false(config_value(training, "use_amp", True), "training.use_amp")
+
+
 def positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -110,7 +116,7 @@ class InferenceSettings:
             instruments=instruments,
             all_instruments=everything,
             normalize=config_value(inference, "normalize", False) is True,
-            use_amp=true_or_false(config_value(training, "use_amp", True), "training.use_amp"),
+            use_amp=use_amp_setting(training),
             precision=str(config_value(inference, "precision", "auto")),
         )
         return settings.with_options(**options)

@@ -35,7 +35,7 @@ from bsmamba2_plugin.evaluate.scoring import ALWAYS, average
 from bsmamba2_plugin.metrics import METRIC_DIRECTIONS
 from bsmamba2_plugin.model import BSMamba2
 from bsmamba2_plugin.precision import training_precision
-from bsmamba2_plugin.settings import sample_rate, true_or_false
+from bsmamba2_plugin.settings import sample_rate, use_amp_setting
 
 from .augmentations import ChunkSizeAugmentation
 from .checkpoints import (
@@ -285,9 +285,8 @@ class Trainer:
 
     def _autocast_dtype(self, training: Any) -> torch.dtype | None:
         try:  # on a CPU, bf16 where it multiplies bf16 natively (precision.py)
-            # Absent, it is true, as in MSST's train.py and in the separator's settings.
-            use_amp = true_or_false(training.get("use_amp", True), "training.use_amp")
-            chosen = training_precision(use_amp, str(training.get("amp_dtype", "bfloat16")), self.device)
+            chosen = training_precision(use_amp_setting(training), str(training.get("amp_dtype", "bfloat16")),
+                                        self.device)
         except ValueError as error:
             raise TrainingConfigError(str(error)) from None
         absent = "" if "use_amp" in training else " (training.use_amp absent: true, as in MSST)"
