@@ -11,10 +11,11 @@ What goes into the graph is the network between the spectrograms, the model's ow
 The STFT and the inverse STFT stay outside (`OnnxChunkModel` runs the model's own
 `mixture_stft` / `inverse_stft` with torch): ONNX has no inverse STFT operator, and complex
 tensors do not export. Traced for export, each Mamba2 mixer takes its graph form
-(`mamba2.graph_mixer`: channels first from in_proj to out_proj, ONNX Conv for the causal conv, the
-SSD scan as `ssd.ssd_graph` with head-batched products and the loop over chunks one ONNX Scan node),
-so the graph's size does not grow with heads or chunks. The frame count is fixed at export time
-(the chunk layout of the scan depends on it); MSST's demix calls the model with chunks of
+(`mamba2.graph_mixer`: channels first from in_proj to out_proj; the causal conv, as ONNX Conv, and
+the SSD scan in `ssd.ssd_graph`, with head-batched products, an ONNX Scan over blocks of sequences
+and in each an inner Scan over chunks), so the graph's size does not grow with heads, sequences or
+chunks. The frame count is fixed at export time (the chunk layout of the scan and the blocks of
+sequences depend on it); MSST's demix calls the model with chunks of
 `audio.chunk_size` samples anyway. The batch axis stays dynamic.
 """
 from __future__ import annotations

@@ -36,11 +36,18 @@ def tiny_config(chunk: int = CHUNK, stems=("vocals", "other")):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    """The tiny model exported with small blocks of sequences, as the paper model's are at 8 s: the band
+    axis's 99 sequences (per batch item) in blocks of 9, the time axis's 3 in blocks of 1, each
+    scanned over its two chunks."""
+    from bsmamba2_plugin.model import ssd
+
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = BSMamba2(**TINY, num_stems=2).eval()
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    assert export_onnx(model, path, chunk_samples=CHUNK, config=tiny_config()) == path
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ssd, "GRAPH_BLOCK_BYTES", 9 * 4 * 2 * 16 * 16)  # nine band sequences: 2 heads, 16 x 16 decays
+        assert export_onnx(model, path, chunk_samples=CHUNK, config=tiny_config()) == path
     return model, path
 
 
@@ -156,9 +163,14 @@ def test_chunk_model_has_a_model_s_contract_and_gives_msst_demix_the_same_output
 
 
 @pytest.mark.slow
-def test_graph_does_not_grow_with_chunks(exported, tmp_path: Path):
-    """A chunk of five scan chunks exports to the same operations as one of two (a second export: ~30 s)."""
-    model, path = exported
+def test_graph_does_not_grow_with_chunks(exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A chunk of five scan chunks exports to the same operations as one of two (two more exports: ~40 s).
+    Each scan in one block of sequences: the blocks follow the frame count's divisors (99 = 9 x 11, 313 prime)."""
+    from bsmamba2_plugin.model import ssd
+
+    model, _ = exported
+    monkeypatch.setattr(ssd, "GRAPH_BLOCK_BYTES", 1 << 50)
+    path = export_onnx(model, tmp_path / "shorter.onnx", chunk_samples=CHUNK)
     longer = 20000  # 313 frames: five chunks of 64 steps
     other = export_onnx(model, tmp_path / "longer.onnx", chunk_samples=longer)
     def operations(graph_path: Path) -> list[str]:  # the computing nodes; Constant nodes hold shapes
@@ -200,18 +212,22 @@ def test_cli_exports_a_config_and_checkpoint(tmp_path: Path, capsys):
     assert separator.separate(mono, 8000)["vocals"].shape == (1, 7000)
 
 
-def test_a_mamba2_layer_alone_exports_in_its_graph_form(tmp_path: Path):
+@pytest.mark.parametrize("block", [None, 3])  # 3: two blocks of sequences, each scanned over its two chunks
+def test_a_mamba2_layer_alone_exports_in_its_graph_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        block: int | None):
     """Mamba2's own forward traced (two groups, a partial last chunk) runs in onnxruntime as in PyTorch."""
     import onnxruntime
 
-    from bsmamba2_plugin.model import Mamba2
+    from bsmamba2_plugin.model import Mamba2, ssd
 
+    if block is not None:
+        monkeypatch.setattr(ssd, "sequences_per_block", lambda b, bytes_per_sequence: block)
     torch.manual_seed(1)
     layer = Mamba2(16, d_state=8, headdim=8, ngroups=2, backend="torch").eval()
     with torch.no_grad():
         layer.D.normal_()
         layer.norm.weight.normal_()
-    u = torch.randn(3, 100, 16)  # two chunks of 64 steps, the second one partial
+    u = torch.randn(6, 100, 16)  # two chunks of 64 steps, the second one partial
     path = tmp_path / "mamba2.onnx"
     with torch.no_grad():
         expected = layer(u)

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from bsmamba2_plugin.metrics import usdr
-from bsmamba2_plugin.model.ssd import padded_length, ssd_chunked, ssd_graph, ssd_reference, ssd_sequential
+from bsmamba2_plugin.model.ssd import (
+    GRAPH_BLOCK_BYTES, padded_length, sequences_per_block, ssd_chunked, ssd_graph, ssd_reference, ssd_sequential,
+)
 
 
 def scan_inputs(length: int, batch: int = 2, heads: int = 4, headdim: int = 8, groups: int = 2, d_state: int = 16,
@@ -142,27 +144,39 @@ def channels_first(t: torch.Tensor) -> torch.Tensor:
 
 
 def time_major(y: torch.Tensor, length: int) -> torch.Tensor:
-    """`ssd_graph`'s chunk-major output (c, b, h, p, q) -> (b, l, h, p), the padding dropped."""
-    c, b, h, p, q = y.shape
-    return y.permute(1, 0, 4, 2, 3).reshape(b, c * q, h, p)[:, :length]
+    """`ssd_graph`'s blocks of chunk-major output (r, c, k, h, p, q) -> (b, l, h, p), the padding dropped."""
+    r, c, k, h, p, q = y.shape
+    return y.permute(0, 2, 1, 5, 3, 4).reshape(r * k, c * q, h, p)[:, :length]
 
 
 @pytest.mark.parametrize("length", [1, 7, 64, 257, 801])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("chunk_size", [16, 64])
-def test_graph_form_equals_the_recurrence(length: int, groups: int, chunk_size: int) -> None:
-    """The form the ONNX export traces: channels first, dt, D and the gate folded in."""
-    x, a, B, C, dt, D = raw_scan_inputs(length, groups=groups)
+@pytest.mark.parametrize("block", [None, 2])  # None: the 4 sequences in one block (small); 2: two blocks
+def test_graph_form_equals_the_recurrence(length: int, groups: int, chunk_size: int, block: int | None) -> None:
+    """The form the ONNX export traces: channels first, dt, D and the gate folded in, in blocks of sequences."""
+    x, a, B, C, dt, D = raw_scan_inputs(length, batch=4, groups=groups)
     D = D[0]  # the mixer's skip: one per head
     z = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=x.dtype)
     expected = folded_by_hand(x, a, B, C, dt, D.expand(x.shape[0], -1)) * F.silu(z)
     got = ssd_graph(*(channels_first(t) for t in (x, a, B, C)), chunk_size, dt=channels_first(dt), D=D,
-                    z=channels_first(z))
+                    z=channels_first(z), block=block)
     chunks = -(-length // chunk_size) if length > chunk_size else 1
-    assert got.shape[:4] == (chunks, *channels_first(expected).shape[:3])  # (c, b, h, p, q)
+    blocks, per_block = (1, 4) if block is None else (2, 2)
+    assert got.shape[:5] == (blocks, chunks, per_block, *channels_first(expected).shape[1:3])  # (r, c, k, h, p, q)
     got = time_major(got, length)
     assert got.shape == expected.shape
     assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-9
+
+
+def test_graph_blocks_divide_the_sequences() -> None:
+    """Blocks of about GRAPH_BLOCK_BYTES, a divisor of the sequence count, else all sequences at once."""
+    per_sequence = GRAPH_BLOCK_BYTES // 8  # eight sequences a block
+    assert sequences_per_block(62 * 8, per_sequence) == 8
+    assert sequences_per_block(801, per_sequence) == 9  # 801 = 9 x 89: the divisor nearest 8
+    assert sequences_per_block(101, per_sequence) == 101  # prime: blocks of one would be 101 small steps
+    assert sequences_per_block(20, per_sequence) == 20  # few: one block
+    assert sequences_per_block(62, GRAPH_BLOCK_BYTES // 2) == 2
 
 
 def test_gradcheck_with_step_sizes_and_skip() -> None:
