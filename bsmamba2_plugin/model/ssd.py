@@ -23,6 +23,7 @@ baseline of the speed benchmark.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -263,14 +264,17 @@ GRAPH_BLOCK_BYTES = 2 << 20
 
 
 def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: Tensor, D: Tensor, z: Tensor,
-              conv: tuple[Tensor, Tensor] | None = None, block: int | None = None) -> Tensor:
+              conv: tuple[Tensor, Tensor] | None = None, epilogue: Callable[[Tensor], Tensor] | None = None,
+              block: int | None = None) -> Tensor:
     """`ssd_chunked(x, a, B, C, chunk_size, dt=dt, D=D, z=z)` in the form an ONNX graph runs well (the
     export traces this one), channels first: x, z (b, h, p, l); a, dt (b, h, l); B, C (b, g, n, l);
     D (h,); conv: (weight (ch, 1, d_conv), bias (ch,)) of the causal depthwise conv and SiLU that x, B
-    and C (ch = h p + 2 g n channels, in that order) go through first, or None where they have; block:
-    sequences per block, a divisor of b (default: by `GRAPH_BLOCK_BYTES`).
-    Returns the gated y as (r, c, k, h, p, q): r blocks of k sequences (r k = b), each chunk-major,
-    c chunks of q steps (`chunk_layout`); steps past l are padding, for the caller to drop.
+    and C (ch = h p + 2 g n channels, in that order) go through first, or None where they have;
+    epilogue: what becomes of each block's gated y, (c, k, h, p, q), or (k, h, p, q) for one chunk,
+    while it is in cache; block: sequences per block, a divisor of b (default: by `GRAPH_BLOCK_BYTES`).
+    Returns, for r blocks of k sequences (r k = b), each chunk-major in c chunks of q steps
+    (`chunk_layout`), the gated y as (r, c, k, h, p, q), or the epilogue's results as (r, ...); steps
+    past l are padding, for the caller to drop.
 
     Channels first, every product reads its operands where they lie: inside a chunk y^T = x^T S^T with
     S^T built transposed, the state is (heads x headdim) x d_state per group, and the depthwise conv
@@ -280,8 +284,9 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: T
     chunks nor sequences): over blocks of sequences, and in each block the conv, then a loop over its
     chunks, heads batched in every product. Blocks keep the passes over the decays, the states and
     the conv's output in cache (paper model at 8 s in onnxruntime: 5 % faster with blocks, 3 % more
-    with the conv in them). y stays in the Scans' layout: the mixer's out_proj reads it as it is,
-    and onnxruntime's Transpose back to channels first took 10-11 ms a direction on a 2 s chunk.
+    with the conv in them, 6 % more with the mixer's norm and out_proj as the epilogue). y stays in
+    the Scans' layout: out_proj reads it as it is, and onnxruntime's Transpose back to channels first
+    took 10-11 ms a direction on a 2 s chunk.
     """
     from torch._higher_order_ops.scan import scan
     from torch.fx.experimental.symbolic_shapes import statically_known_true
@@ -292,16 +297,18 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: T
     if padded > l:  # zero steps at the end: dt = 0 is no input and (log dt = -inf) no decay into them
         x, a, dt, B, C, z = (F.pad(t, (0, padded - l)) for t in (x, a, dt, B, C, z))
     k = block or sequences_per_block(b, 4 * h * q * (q + (p * n // q if c > 1 else 0)))  # decays, carried state
+    finish = epilogue or (lambda y: y)
     if statically_known_true(k == b):  # one block: no loop over blocks
-        y = _graph_block(x, a, dt, B, C, z, D, q, c, conv).unsqueeze(0)
+        out = finish(_graph_block(x, a, dt, B, C, z, D, q, c, conv)).unsqueeze(0)
     else:
         def one_block(unused: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
             # (a scan carries a state; blocks have none to pass on)
-            return unused.clone(), _graph_block(*inputs, D, q, c, conv)
+            return unused.clone(), finish(_graph_block(*inputs, D, q, c, conv))
 
         blocks = tuple(t.view(b // k, k, *t.shape[1:]) for t in (x, a, dt, B, C, z))
-        y = scan(one_block, torch.zeros(1, dtype=x.dtype, device=x.device), blocks)[1]
-    return y.unsqueeze(1) if c == 1 else y  # the chunk axis of one chunk, added outside the Scans (inside: a copy)
+        out = scan(one_block, torch.zeros(1, dtype=x.dtype, device=x.device), blocks)[1]
+    # y's chunk axis where there is one chunk, added outside the Scans (inside, onnxruntime copies y for it)
+    return out.unsqueeze(1) if c == 1 and epilogue is None else out
 
 
 def _causal_conv_silu(t: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
