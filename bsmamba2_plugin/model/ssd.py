@@ -16,9 +16,8 @@ in the paper (L = exp(segsum(A)), Y = (L o C B^T) X inside a chunk, states passe
 chunks), with no Python loop over heads or chunks. `ssd_graph` is the chunk-by-chunk algorithm
 as the ONNX export traces it, channels first in and chunk-major out: the loops over blocks of
 sequences and over chunks `scan`s (ONNX Scan nodes), heads batched, so the graph grows with none of
-them. `ssd_sequential` is
-the recurrence as a loop: the reference the tests hold the three chunked forms to, and the
-baseline of the speed benchmark.
+them. `ssd_sequential` is the recurrence as a loop: the reference the tests hold the three chunked
+forms to, and the baseline of the speed benchmark.
 """
 from __future__ import annotations
 
