@@ -312,21 +312,44 @@ def both_directions(x: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[
     # Split's outputs as computed (and out_proj's weight unpacked, 15 % slower).
     merge_halves = (merge_weight[:, :d], merge_weight[:, d:])
     fold = not torch.is_autocast_enabled(x.device.type)
+    if torch.compiler.is_exporting():
+        return x + F.linear(x, merge_halves[0] + merge_halves[1], merge_bias) + _graph_pair(
+            x_hat, mixers, norm_weights, merge_halves, padded)
     outputs = []
     for m, norm_weight, merge_half, inputs in zip(mixers, norm_weights, merge_halves, (x_hat, x_hat.flip(1))):
         inputs = F.pad(inputs, (0, 0, 0, padded - l))  # (b padded d)
-        # The effective weights (linear_weight.py): a LoRA adapter on in_proj or out_proj is applied here too.
-        w_in = bias_free_weights([m.in_proj], "in_proj")[0] * norm_weight
-        w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner)
-        w_out = merge_half @ w_out if fold else w_out
-        if torch.compiler.is_exporting():
-            out = graph_mixer(m, inputs, w_in, w_out)
-        else:
-            out = mix_and_project(m, *in_projections(m, inputs.view(b * padded, d), w_in, (b, padded)), w_out=w_out)
+        w_in, w_out = _direction_weights(m, norm_weight, merge_half if fold else None)
+        out = mix_and_project(m, *in_projections(m, inputs.view(b * padded, d), w_in, (b, padded)), w_out=w_out)
         outputs.append(out[:, :l])
     if fold:
         return x + F.linear(x, merge_halves[0] + merge_halves[1], merge_bias) + outputs[0] + outputs[1].flip(1)
     return x + F.linear(torch.cat([x + outputs[0], x + outputs[1].flip(1)], dim=-1), merge_weight, merge_bias)
+
+
+def _direction_weights(m: Mamba2, norm_weight: Tensor, merge_half: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One direction's effective in_proj weight, its block's RMSNorm weight folded in, and out_proj's,
+    merge_half (d, d) folded in unless None. Effective (linear_weight.py): LoRA adapters included."""
+    w_in = bias_free_weights([m.in_proj], "in_proj")[0] * norm_weight
+    w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner)
+    return w_in, w_out if merge_half is None else merge_half @ w_out
+
+
+def _graph_pair(x_hat: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[Tensor],
+                merge_halves: Sequence[Tensor], padded: int) -> Tensor:
+    """`both_directions`' two mixers, the merge folded into their out_proj, in the form the ONNX export
+    traces: x_hat (b, l, d) -> their summed outputs (b, l, d). onnxruntime copies for every flip, pad
+    and crop (no views): here the reversed input is one Gather of the padded one, and the reversed
+    output is gathered onto the forward one before the one crop, 4 copies where there were 6."""
+    l = x_hat.shape[1]
+    forward = F.pad(x_hat, (0, 0, 0, padded - l))
+    # the steps reversed, the padding (zeros) left at the end
+    # (a list: torch.arange exports as a Range onnxruntime cannot fold, and warns about)
+    order = torch.tensor([*range(l - 1, -1, -1), *range(l, padded)], device=x_hat.device)
+    outputs = []
+    for m, norm_weight, merge_half, inputs in zip(mixers, norm_weights, merge_halves,
+                                                  (forward, forward.index_select(1, order))):
+        outputs.append(graph_mixer(m, inputs, *_direction_weights(m, norm_weight, merge_half)))
+    return (outputs[0] + outputs[1].index_select(1, order))[:, :l]
 
 
 def mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor, w_out: Tensor | None = None) -> Tensor:
@@ -389,12 +412,14 @@ def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor, w_out: Tensor | None = None)
     Channels first from in_proj to out_proj, because onnxruntime's time goes to passes over the
     activations: each part of in_proj is its own product W (b, d_model, l) -> (b, width, l), so no
     slice copies them, and `ssd_graph` takes x, B, C in that layout and works a block of sequences at
-    a time: the causal depthwise conv as ONNX's Conv, the scan, then the gated norm and out_proj on
+    a time: x's causal depthwise conv as ONNX's Conv, the scan, then the gated norm and out_proj on
     the block's chunk-major y as it lies, so that neither the conv's output nor y is written out for
     all sequences (paper model at 8 s: 3 % and 6 % faster). Only the d_model-wide input and output
-    are transposed. Measured on a 2 s chunk, one time-axis layer: onnxruntime's Conv on (b, ch, l)
+    are transposed, the output only where the blocks' order is not already the time order. Measured on a 2 s chunk, one time-axis layer: onnxruntime's Conv on (b, ch, l)
     14 ms against 59 ms with the transposes around it.
     """
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
     g, n, h, p = m.ngroups, m.d_state, m.nheads, m.headdim
     b, l, _ = u.shape
     u_t = u.transpose(1, 2)  # (b d_model l)
@@ -428,6 +453,8 @@ def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor, w_out: Tensor | None = None)
     # x, B, C before the causal conv, which runs in the scan's blocks
     out = ssd_graph(x, a, B, C, m.torch_chunk_size, dt=dt, D=m.D, z=z, conv=(m.conv1d.weight, m.conv1d.bias),
                     epilogue=norm_and_project)  # (r c k q d_out)
-    c, q = out.shape[1], out.shape[3]
-    out = out.transpose(1, 2).reshape(b, c * q, -1)  # whole (q x d_model) blocks move: cheap in onnxruntime
+    c, k, q = out.shape[1:4]
+    if c > 1 and not statically_known_true(k == 1):  # else the order is already (b c q): onnxruntime would copy
+        out = out.transpose(1, 2)  # whole (q x d_model) blocks move: cheap in onnxruntime
+    out = out.reshape(b, c * q, -1)
     return out if c * q == l else out[:, :l]

@@ -257,8 +257,8 @@ def ssd_reference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -
     return Y[:, :l]
 
 
-# Sequences per iteration of `ssd_graph`'s loop over blocks: a block's decay matrices and carried
-# states (float32) about this many bytes, so that the dozen passes over them stay in cache.
+# Sequences per iteration of `ssd_graph`'s loop over blocks: a block's decay matrices and chunk
+# states (float32) about this many bytes, so that the passes over them stay in cache (or one sequence).
 GRAPH_BLOCK_BYTES = 2 << 20
 
 
@@ -280,12 +280,12 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: T
     gets the (b, ch, l) layout ONNX's Conv wants. The folds of `_scan_inference` (dt in the exponent,
     D on the diagonal, the gate on each chunk) spare passes over the activations, which is what
     onnxruntime's time goes to. The loops are `scan`s (ONNX Scan nodes: the graph grows with neither
-    chunks nor sequences): over blocks of sequences, and in each block the conv, then a loop over its
-    chunks, heads batched in every product. Blocks keep the passes over the decays, the states and
-    the conv's output in cache (paper model at 8 s in onnxruntime: 5 % faster with blocks, 3 % more
-    with the conv in them, 6 % more with the mixer's norm and out_proj as the epilogue). y stays in
-    the Scans' layout: out_proj reads it as it is, and onnxruntime's Transpose back to channels first
-    took 10-11 ms a direction on a 2 s chunk.
+    chunks nor sequences): over blocks of sequences, and in each block x's conv, every chunk's
+    products at once (heads batched), and a loop over the chunks that carries only the state. Blocks
+    keep the passes over the decays, the states and the conv's output in cache (paper model at 8 s in
+    onnxruntime: 5 % faster with blocks, 3 % more with the conv in them, 6 % more with the mixer's
+    norm and out_proj as the epilogue). y stays in the Scans' layout: out_proj reads it as it is, and
+    onnxruntime's Transpose back to channels first took 10-11 ms a direction on a 2 s chunk.
     """
     from torch._higher_order_ops.scan import scan
     from torch.fx.experimental.symbolic_shapes import statically_known_true
@@ -295,14 +295,25 @@ def ssd_graph(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, dt: T
     padded, q, c = chunk_layout(l, chunk_size)
     if padded > l:  # zero steps at the end: dt = 0 is no input and (log dt = -inf) no decay into them
         x, a, dt, B, C, z = (F.pad(t, (0, padded - l)) for t in (x, a, dt, B, C, z))
-    k = block or sequences_per_block(b, 4 * h * q * (q + (p * n // q if c > 1 else 0)))  # decays, carried state
+    x_conv = None
+    if conv is not None:  # B's and C's conv here, x's in the blocks (B and C are an eighth of the channels)
+        weight, bias = conv
+        ends = (h * p, h * p + B.shape[1] * n, weight.shape[0])
+        x_conv = (weight[:ends[0]], bias[:ends[0]])
+        B, C = (_causal_conv_silu(t, weight[start:stop], bias[start:stop])
+                for t, start, stop in zip((B, C), ends[:-1], ends[1:]))
+    if c > 1:
+        # Steps outer, for the products inside the chunks. Transposed in the blocks, this and the
+        # chunks' permute became one onnxruntime Transpose that ran at 1 GB/s.
+        B = B.transpose(-1, -2)  # (b g l n)
+    k = block or sequences_per_block(b, 4 * c * h * q * (q + (p * n // q if c > 1 else 0)))  # decays, states
     finish = epilogue or (lambda y: y)
     if statically_known_true(k == b):  # one block: no loop over blocks
-        out = finish(_graph_block(x, a, dt, B, C, z, D, q, c, conv)).unsqueeze(0)
+        out = finish(_graph_block(x, a, dt, B, C, z, D, q, c, x_conv)).unsqueeze(0)
     else:
         def one_block(unused: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
             # (a scan carries a state; blocks have none to pass on)
-            return unused.clone(), finish(_graph_block(*inputs, D, q, c, conv))
+            return unused.clone(), finish(_graph_block(*inputs, D, q, c, x_conv))
 
         blocks = tuple(t.view(b // k, k, *t.shape[1:]) for t in (x, a, dt, B, C, z))
         out = scan(one_block, torch.zeros(1, dtype=x.dtype, device=x.device), blocks)[1]
@@ -332,19 +343,17 @@ def sequences_per_block(b: int, bytes_per_sequence: int) -> int:
 
 
 def _graph_block(x: Tensor, a: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, D: Tensor, q: int, c: int,
-                 conv: tuple[Tensor, Tensor] | None) -> Tensor:
+                 x_conv: tuple[Tensor, Tensor] | None) -> Tensor:
     """`ssd_graph` on one block of sequences, padded to c chunks of q steps: x, z (k, h, p, c q),
-    a, dt (k, h, c q), B, C (k, g, n, c q) -> y (c, k, h, p, q), or (k, h, p, q) for one chunk."""
+    a, dt (k, h, c q), C (k, g, n, c q), B (k, g, n, q) for one chunk, else steps outer (k, g, c q, n);
+    x_conv: x's conv, as `ssd_graph`'s conv -> y (c, k, h, p, q), or (k, h, p, q) for one chunk."""
     from torch._higher_order_ops.scan import scan
 
     b, h, p, _ = x.shape
-    g, n = B.shape[1:3]
+    g, n = C.shape[1:3]
     hg = h // g
-    if conv is not None:
-        weight, bias = conv
-        ends = (0, h * p, h * p + g * n, h * p + 2 * g * n)
-        x, B, C = (_causal_conv_silu(t, weight[start:stop], bias[start:stop])
-                   for t, start, stop in zip((x, B, C), ends[:-1], ends[1:]))
+    if x_conv is not None:
+        x = _causal_conv_silu(x, *x_conv)
     a_cum = a.view(b, h, c, q).cumsum(-1)  # (b h c q)
     a_from = a_cum - dt.view(b, h, c, q).log()  # exp(a_cum_t - a_from_s): the decay from s to t times dt_s
     # S^T: rows s, columns t, causal for s <= t. Below the diagonal the exponent is positive: clamped
@@ -352,40 +361,36 @@ def _graph_block(x: Tensor, a: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tens
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).triu()
     skip = torch.eye(q, dtype=x.dtype, device=x.device) * D.view(g, hg, 1, 1)  # (g hg q q)
 
-    def one_chunk(state: Tensor | None, x_j: Tensor, z_j: Tensor, a_j: Tensor, af_j: Tensor, B_j: Tensor,
-                  C_j: Tensor) -> tuple[Tensor | None, Tensor]:
-        """state None: a single chunk, no state in and none out."""
-        # x_j, z_j (b h p q); a_j, af_j (b h q); B_j, C_j (b g n q); state (b g hg*p n)
-        b = x_j.shape[0]  # read inside the Scan: the outer traced size failed the export's capture of the Scan
-        BC = (B_j.transpose(-1, -2) @ C_j) * causal  # (b g q_s q_t): B_s . C_t
-        decays = torch.exp((a_j[..., None, :] - af_j[..., :, None]).clamp_max(80.0))  # (b h q_s q_t)
-        scores = (decays.view(b, g, hg, q, q) * BC.unsqueeze(2) + skip).view(b, h, q, q)
-        y = x_j @ scores  # (b h p q_t): inside the chunk, and D x
-        if state is None:
-            return None, y * F.silu(z_j)
-        # From the chunks before: exp(a_cum_t) state C_t.
-        y = (y + (state @ C_j).view(b, h, p, q) * torch.exp(a_j).unsqueeze(2)) * F.silu(z_j)
-        # The state at the chunk's end: the decayed old state plus (x decayed to the chunk's end) B^T.
-        to_end = torch.exp(a_j[..., -1:] - af_j).unsqueeze(2)  # (b h 1 q)
-        new_state = (x_j * to_end).view(b, g, hg * p, q) @ B_j.transpose(-1, -2)  # (b g hg*p n)
-        chunk_decay = torch.exp(a_j[..., -1]).view(b, g, hg, 1, 1)
-        return new_state + (state.view(b, g, hg, p, n) * chunk_decay).view(b, g, hg * p, n), y
+    def scores(BC: Tensor, a_cum: Tensor, a_from: Tensor) -> Tensor:
+        """S^T with D on its diagonal: BC (..., g, q_s, q_t) = B_s . C_t, a_cum, a_from (..., h, q)
+        -> (..., h, q_s, q_t)."""
+        decays = torch.exp((a_cum[..., None, :] - a_from[..., :, None]).clamp_max(80.0))
+        lead = a_cum.shape[:-2]
+        return (decays.view(*lead, g, hg, q, q) * (BC * causal).unsqueeze(-3) + skip).view(*lead, h, q, q)
 
-    if c == 1:
-        return one_chunk(None, x, z, a_cum[:, :, 0], a_from[:, :, 0], B, C)[1]
-    # Chunk-major, so that the scan runs over the leading axis.
+    if c == 1:  # inside the chunk, and D x
+        return (x @ scores(B.transpose(-1, -2) @ C, a_cum.view(b, h, q), a_from.view(b, h, q))) * F.silu(z)
+    # Chunk-major: every chunk's products at once, one loop over the chunks for the carried state only.
     xs, zs = (t.view(b, h, p, c, q).permute(3, 0, 1, 2, 4) for t in (x, z))  # (c b h p q)
     a_cums, a_froms = (t.permute(2, 0, 1, 3) for t in (a_cum, a_from))  # (c b h q)
-    Bs, Cs = (t.view(b, g, n, c, q).permute(3, 0, 1, 2, 4) for t in (B, C))  # (c b g n q)
+    Bs = B.view(b, g, c, q, n).permute(2, 0, 1, 3, 4)  # (c b g q n)
+    Cs = C.view(b, g, n, c, q).permute(3, 0, 1, 2, 4)  # (c b g n q)
+    y = xs @ scores(Bs @ Cs, a_cums, a_froms)  # (c b h p q_t): inside each chunk, and D x
+    # Each chunk's own state at its end: (x decayed to the chunk's end) B^T.
+    to_end = torch.exp(a_cums[..., -1:] - a_froms).unsqueeze(3)  # (c b h 1 q)
+    chunk_states = (xs * to_end).view(c, b, g, hg * p, q) @ Bs  # (c b g hg*p n)
+    chunk_decays = torch.exp(a_cums[..., -1]).view(c, b, g, hg, 1, 1)
 
     def step(state: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        return one_chunk(state, *inputs)
+        C_j, decay_j, own_j = inputs  # state (b g hg*p n): the sum of the chunks before
+        k = C_j.shape[0]  # read inside the Scan: the outer traced size failed the export's capture of the Scan
+        return own_j + (state.view(k, g, hg, p, n) * decay_j).view(k, g, hg * p, n), state @ C_j
 
-    # All chunks in the Scan, from a zero state (one small wasted product on the first chunk; the
-    # same speed as running the first chunk outside, with fewer nodes and no slices of the inputs).
-    # torch.zeros exports as one Expand; x.new_zeros as ConstantOfShape and a cast of the whole state.
+    # From a zero state (one small wasted product on the first chunk). torch.zeros exports as one
+    # Expand; x.new_zeros as ConstantOfShape and a cast of the whole state.
     state = torch.zeros(b, g, hg * p, n, dtype=x.dtype, device=x.device)
-    return scan(step, state, (xs, zs, a_cums, a_froms, Bs, Cs))[1]
+    y_before = scan(step, state, (Cs, chunk_decays, chunk_states))[1].view(c, b, h, p, q)  # state C_t
+    return (y + y_before * torch.exp(a_cums).unsqueeze(3)) * F.silu(zs)  # exp(a_cum_t): from the chunk's start
 
 
 def ssd_sequential(x: Tensor, a: Tensor, B: Tensor, C: Tensor) -> Tensor:
