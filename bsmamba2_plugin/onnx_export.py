@@ -123,7 +123,8 @@ def export_onnx(
     batch = torch.export.Dim("batch", min=1, max=4096)
 
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        # float32 even if the caller runs under autocast (`both_directions` folds the merge only in float32)
+        with torch.no_grad(), torch.autocast("cpu", enabled=False), warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # exporter chatter about decompositions
             warnings.simplefilter("ignore", category=FutureWarning)  # torch.export about its own pytree API
             program = torch.onnx.export(

@@ -238,6 +238,19 @@ def test_a_mamba2_layer_alone_exports_in_its_graph_form(tmp_path: Path, monkeypa
 
 
 @pytest.mark.slow
+def test_an_export_under_autocast_is_still_float32(tmp_path: Path):
+    """A caller's bf16 autocast does not reach the exported graph (a second export: ~15 s)."""
+    torch.manual_seed(0)
+    model = BSMamba2(**TINY, num_stems=2).eval()
+    audio = torch.randn(1, 2, CHUNK)
+    with torch.no_grad():
+        expected = model(audio)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        path = export_onnx(model, tmp_path / "autocast.onnx", chunk_samples=CHUNK)
+    assert relative_error(OnnxChunkModel(path)(audio), expected) < 1e-4
+
+
+@pytest.mark.slow
 def test_a_model_with_lora_adapters_exports_with_them(tmp_path: Path):
     """The trainer's LoRA adapters (weight parametrisations) are in the exported graph (a second export: ~15 s)."""
     import copy

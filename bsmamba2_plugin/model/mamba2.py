@@ -312,14 +312,17 @@ def both_directions(x: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[
     # Split's outputs as computed (and out_proj's weight unpacked, 15 % slower).
     merge_halves = (merge_weight[:, :d], merge_weight[:, d:])
     fold = not torch.is_autocast_enabled(x.device.type)
-    if torch.compiler.is_exporting():
+    if fold and torch.compiler.is_exporting():  # (export_onnx traces in float32)
         return x + F.linear(x, merge_halves[0] + merge_halves[1], merge_bias) + _graph_pair(
             x_hat, mixers, norm_weights, merge_halves, padded)
     outputs = []
     for m, norm_weight, merge_half, inputs in zip(mixers, norm_weights, merge_halves, (x_hat, x_hat.flip(1))):
         inputs = F.pad(inputs, (0, 0, 0, padded - l))  # (b padded d)
         w_in, w_out = _direction_weights(m, norm_weight, merge_half if fold else None)
-        out = mix_and_project(m, *in_projections(m, inputs.view(b * padded, d), w_in, (b, padded)), w_out=w_out)
+        if torch.compiler.is_exporting():  # traced under autocast by the caller
+            out = graph_mixer(m, inputs, w_in, w_out)
+        else:
+            out = mix_and_project(m, *in_projections(m, inputs.view(b * padded, d), w_in, (b, padded)), w_out=w_out)
         outputs.append(out[:, :l])
     if fold:
         return x + F.linear(x, merge_halves[0] + merge_halves[1], merge_bias) + outputs[0] + outputs[1].flip(1)
@@ -415,8 +418,9 @@ def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor, w_out: Tensor | None = None)
     a time: x's causal depthwise conv as ONNX's Conv, the scan, then the gated norm and out_proj on
     the block's chunk-major y as it lies, so that neither the conv's output nor y is written out for
     all sequences (paper model at 8 s: 3 % and 6 % faster). Only the d_model-wide input and output
-    are transposed, the output only where the blocks' order is not already the time order. Measured on a 2 s chunk, one time-axis layer: onnxruntime's Conv on (b, ch, l)
-    14 ms against 59 ms with the transposes around it.
+    are transposed, the output only where the blocks' order is not already the time order. Measured
+    on a 2 s chunk, one time-axis layer: onnxruntime's Conv on (b, ch, l) 14 ms against 59 ms with the
+    transposes around it.
     """
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
@@ -450,7 +454,7 @@ def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor, w_out: Tensor | None = None)
             return normed.transpose(-1, -2) @ w_proj
         return (gated.view(c, k, h * p, q).transpose(-1, -2) @ w_proj) * scale.view(c, k, q, 1)
 
-    # x, B, C before the causal conv, which runs in the scan's blocks
+    # x, B, C before the causal conv, which `ssd_graph` runs (x's in its blocks)
     out = ssd_graph(x, a, B, C, m.torch_chunk_size, dt=dt, D=m.D, z=z, conv=(m.conv1d.weight, m.conv1d.bias),
                     epilogue=norm_and_project)  # (r c k q d_out)
     c, k, q = out.shape[1:4]
