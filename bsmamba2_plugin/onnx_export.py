@@ -14,8 +14,8 @@ tensors do not export. Traced for export, each Mamba2 mixer takes its graph form
 (`mamba2.graph_mixer`: channels first from in_proj to out_proj; the causal conv, as ONNX Conv, and
 the SSD scan in `ssd.ssd_graph`, with head-batched products, an ONNX Scan over blocks of sequences
 and in each an inner Scan over chunks that carries the state), so the graph's size does not grow
-with heads, sequences or chunks. The frame count is fixed at export time (the chunk layout of the scan and the blocks of
-sequences depend on it); MSST's demix calls the model with chunks of
+with heads, sequences or chunks. The frame count is fixed at export time (the chunk layout of the
+scan and the blocks of sequences depend on it); MSST's demix calls the model with chunks of
 `audio.chunk_size` samples anyway. The batch axis stays dynamic.
 """
 from __future__ import annotations

@@ -312,17 +312,14 @@ def both_directions(x: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[
     # Split's outputs as computed (and out_proj's weight unpacked, 15 % slower).
     merge_halves = (merge_weight[:, :d], merge_weight[:, d:])
     fold = not torch.is_autocast_enabled(x.device.type)
-    if fold and torch.compiler.is_exporting():  # (export_onnx traces in float32)
+    if torch.compiler.is_exporting():  # float32: export_onnx traces with autocast off
         return x + F.linear(x, merge_halves[0] + merge_halves[1], merge_bias) + _graph_pair(
             x_hat, mixers, norm_weights, merge_halves, padded)
     outputs = []
     for m, norm_weight, merge_half, inputs in zip(mixers, norm_weights, merge_halves, (x_hat, x_hat.flip(1))):
         inputs = F.pad(inputs, (0, 0, 0, padded - l))  # (b padded d)
         w_in, w_out = _direction_weights(m, norm_weight, merge_half if fold else None)
-        if torch.compiler.is_exporting():  # traced under autocast by the caller
-            out = graph_mixer(m, inputs, w_in, w_out)
-        else:
-            out = mix_and_project(m, *in_projections(m, inputs.view(b * padded, d), w_in, (b, padded)), w_out=w_out)
+        out = mix_and_project(m, *in_projections(m, inputs.view(b * padded, d), w_in, (b, padded)), w_out=w_out)
         outputs.append(out[:, :l])
     if fold:
         return x + F.linear(x, merge_halves[0] + merge_halves[1], merge_bias) + outputs[0] + outputs[1].flip(1)
