@@ -393,15 +393,20 @@ def _mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor, w_out: Tenso
         gated = ssd_chunked(x, a, B, C, m.torch_chunk_size, dt=dt, D=fp32_or_wider(m.D),
                             z=z.unflatten(-1, (h, p))).flatten(-2)
 
+    w_proj = projection_after_norm(m, w_out).to(z.dtype)
     if g > 1:
         normed = group_rmsnorm(fp32_or_wider(gated), m.norm.weight, m.norm.group_size, m.norm.eps)
-        return normed.to(z.dtype) @ w_out.t().to(z.dtype)
-    # One group: RMSNorm's weight folds into out_proj and its per-token scale commutes with it,
-    # so both apply on the 4x narrower output instead of passing over the d_inner activations.
-    scale = inv_rms(gated, -1, m.norm.eps)
-    w_folded = (w_out * m.norm.weight).t().to(z.dtype)  # (d_inner d_model)
-    out = gated.to(z.dtype) @ w_folded
-    return (fp32_or_wider(out) * scale).to(z.dtype)
+        return normed.to(z.dtype) @ w_proj
+    out = gated.to(z.dtype) @ w_proj
+    return (fp32_or_wider(out) * inv_rms(gated, -1, m.norm.eps)).to(z.dtype)
+
+
+def projection_after_norm(m: Mamba2, w_out: Tensor) -> Tensor:
+    """The output projection w_out (d_out, d_inner) as the gated norm's output meets it, (d_inner, d_out).
+    With one group the norm's weight is folded in, and its per-token scale, which commutes with the
+    product, is left for the caller to apply to the 4x narrower output: neither then passes over the
+    d_inner activations."""
+    return (w_out * m.norm.weight).t() if m.ngroups == 1 else w_out.t()
 
 
 def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor, w_out: Tensor | None = None) -> Tensor:
@@ -437,8 +442,7 @@ def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor, w_out: Tensor | None = None)
     a = dt * -torch.exp(m.A_log)[:, None]
     if w_out is None:
         w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner), LoRA included
-    # One group: as in `_mix_and_project`, the norm's weight in out_proj and its scale on the output.
-    w_proj = (w_out * m.norm.weight).t() if g == 1 else w_out.t()  # (d_inner d_out)
+    w_proj = projection_after_norm(m, w_out)  # (d_inner d_out)
 
     def norm_and_project(y: Tensor) -> Tensor:
         """A block's gated y (c k h p q), or (k h p q) for one chunk -> (c k q d_out)."""
