@@ -66,6 +66,13 @@ def test_onnxruntime_matches_pytorch_on_the_same_chunk(exported):
         assert relative_error(ours, reference) < 1e-4
 
 
+def test_sessions_take_denormals_as_zero(exported):
+    """Strongly decaying heads make denormal floats in the scan, on which x86 CPUs run many times slower
+    (README, ONNX): the package's sessions flush them."""
+    options = OnnxChunkModel(exported[1]).session.get_session_options()
+    assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
+
+
 def test_graph_has_fixed_frames_dynamic_batch_and_metadata(exported):
     model, path = exported
     graph = onnx.load(str(path))

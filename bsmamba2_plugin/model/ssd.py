@@ -77,6 +77,18 @@ def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
     return y if z is None else y * F.silu(z.to(products))
 
 
+# Decays below exp(-60) ~ 1e-26 count as none: against float32 sums of terms near one they are zero,
+# and the products of smaller ones fall into the denormal range (below 1.2e-38), where x86 CPUs run
+# many times slower. Strongly decaying heads reach it within a chunk (exp(-88) after 64 steps of
+# dt A = -1.4): the state's product into those values ran 10x slower, the whole time-axis scan 3x.
+LOG_DECAY_FLOOR = -60.0
+
+
+def _decay(log_decay: Tensor) -> Tensor:
+    """exp(log_decay), zero below exp(LOG_DECAY_FLOOR) (for the small per-step and per-chunk decays)."""
+    return torch.exp(log_decay).masked_fill(log_decay < LOG_DECAY_FLOOR, 0.0)
+
+
 # Sequences per step of `_scan_inference`, chosen so that a step's (heads x Q x Q) decays stay in
 # the CPU's cache (4 MiB of float32) through the four passes over them.
 SCAN_BLOCK_BYTES = 4 << 20
@@ -108,9 +120,9 @@ def _scan_inference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
     a_from = a_cum if dt is None else a_cum - _pad_time(dt, padded - l).view(b, c, q, h).log()
     a_cum_hq = a_cum.transpose(2, 3).contiguous()  # (b c h q)
     a_from_hq = a_from.transpose(2, 3).contiguous()
-    to_end = torch.exp(a_cum[:, :, -1:] - a_from).to(products).unsqueeze(-1)  # (b c q h 1): s to chunk end
-    decay_in = a_cum.exp().to(products).unsqueeze(-1)  # (b c q h 1): chunk start to t
-    chunk_decay = a_cum[:, :, -1].exp().to(products).view(b, c, g, 1, hg, 1)
+    to_end = _decay(a_cum[:, :, -1:] - a_from).to(products).unsqueeze(-1)  # (b c q h 1): s to chunk end
+    decay_in = _decay(a_cum).to(products).unsqueeze(-1)  # (b c q h 1): chunk start to t
+    chunk_decay = _decay(a_cum[:, :, -1]).to(products).view(b, c, g, 1, hg, 1)
     skip = None if D is None else D.to(a_cum.dtype).expand(b, h)[..., None]  # (b h 1)
 
     Bc = B.view(b, c, q, g, n).transpose(2, 3)  # (b c g q n)
@@ -138,7 +150,7 @@ def _scan_inference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
         for j in range(c):
             # 1. Inside the chunk: y_t = sum_{s<=t} (C_t . B_s) exp(a_cum_t - a_cum_s) dt_s x_s + D x_t.
             torch.sub(a_cum_hq[rows, j, :, :, None], a_from_hq[rows, j, :, None, :], out=decays_k)  # (k h q_t q_s)
-            decays_k.clamp_max_(80.0).exp_().view(k, g, hg, q, q).mul_(CB[rows, j])
+            decays_k.clamp_(LOG_DECAY_FLOOR, 80.0).exp_().view(k, g, hg, q, q).mul_(CB[rows, j])
             if skip is not None:
                 decays_k.diagonal(dim1=-2, dim2=-1).add_(skip[rows])
             if scores_k is not decays_k:
@@ -190,26 +202,27 @@ def _scan_differentiable(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size:
         a_hq = a_cum.transpose(1, 2).contiguous()  # (b h q)
         B_j, C_j = B_j.transpose(1, 2), C_j.transpose(1, 2)  # (b g q n)
         # Above the diagonal the decay exponent is positive: clamped to 0 there, exp stays finite and
-        # the zero of C.B keeps values and gradients clean. C_t . B_s is shared by a group's heads.
+        # the zero of C.B keeps values and gradients clean; below, floored (LOG_DECAY_FLOOR). C_t . B_s
+        # is shared by a group's heads.
         causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
         CB = (C_j @ B_j.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (b g q_t q_s), x's dtype
         CB = CB.to(decays).unsqueeze(2)  # (b g 1 q_t q_s)
         segsum = a_hq[..., :, None] - a_hq[..., None, :]  # (b h q_t q_s)
-        scores = (segsum.clamp_max(0.0).exp().view(b, g, hg, q, q) * CB).view(b * h, q, q).to(products)
+        scores = (segsum.clamp(LOG_DECAY_FLOOR, 0.0).exp().view(b, g, hg, q, q) * CB).view(b * h, q, q).to(products)
         # One product on a head-major copy: autograd's backward of h slices costs more than the copy.
         y_j = torch.bmm(scores, x_j.transpose(1, 2).reshape(b * h, q, p)).view(b, h, q, p).transpose(1, 2)  # (b q h p)
         if state is not None:
             carried = (C_j @ state).view(b, g, q, hg, p).transpose(1, 2).reshape(b, q, h, p)
-            y_j = torch.addcmul(y_j, carried, a_cum.exp().unsqueeze(-1).to(products))
+            y_j = torch.addcmul(y_j, carried, _decay(a_cum).unsqueeze(-1).to(products))
         y_chunks.append(y_j)
         if j < len(sizes) - 1:
-            to_end = torch.exp(a_cum[:, -1:] - a_cum).unsqueeze(-1).to(products)  # (b q h 1)
+            to_end = _decay(a_cum[:, -1:] - a_cum).unsqueeze(-1).to(products)  # (b q h 1)
             weighted = (x_j * to_end).view(b, q, g, hg * p).transpose(1, 2).reshape(b * g, q, hg * p)
             B_t = B_j.transpose(-1, -2).reshape(b * g, n, q)
             if state is None:
                 state = torch.bmm(B_t, weighted).view(b, g, n, hg * p)
             else:
-                chunk_decay = a_cum[:, -1].exp().view(b, g, 1, hg, 1).to(products)
+                chunk_decay = _decay(a_cum[:, -1]).view(b, g, 1, hg, 1).to(products)
                 decayed = (state.view(b, g, n, hg, p) * chunk_decay).view(b * g, n, hg * p)
                 state = torch.baddbmm(decayed, B_t, weighted).view(b, g, n, hg * p)
     y = torch.cat(y_chunks, dim=1) if len(y_chunks) > 1 else y_chunks[0]
