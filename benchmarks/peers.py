@@ -177,8 +177,8 @@ def main() -> None:
         add_row("ours bsmamba2 fp32", parameters, chunk, overlap,
                 time_forward(model, audio[..., :chunk], args.repeats, args.warmup), flops=flops)
         auto = resolve_precision("auto", device, bool(config.training.get("use_amp", True)))
-        add_row(f"ours bsmamba2 auto={auto.name}", parameters, chunk, overlap,
-                time_forward(model, audio[..., :chunk], args.repeats, args.warmup, auto), f"({auto.reason})", flops)
+        add_row(f"ours bsmamba2 auto = {auto.reason}", parameters, chunk, overlap,
+                time_forward(model, audio[..., :chunk], args.repeats, args.warmup, auto), flops=flops)
 
     print(f"\n| model | parameters | chunk (samples) | num_overlap | GFLOP per s of audio | TFLOP per song | "
           f"s per 8 s of stereo | {args.song_seconds / 60:g}-min song (min) |")
@@ -189,7 +189,8 @@ def main() -> None:
         params = "-" if not parameters else f"{parameters / 1e6:.1f} M"
         gflops = "-" if per_second is None else f"{per_second / 1e9:.0f}"
         tflops = "-" if song_flops is None else f"{song_flops / 1e12:.1f}"
-        print(f"| {name} {note} | {params} | {chunk} | {overlap} | {gflops} | {tflops} | {per} | {minutes} |")
+        label = f"{name}: {note}" if note else name
+        print(f"| {label} | {params} | {chunk} | {overlap} | {gflops} | {tflops} | {per} | {minutes} |")
 
 
 if __name__ == "__main__":
