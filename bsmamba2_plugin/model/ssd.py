@@ -160,13 +160,16 @@ def _scan_inference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
 
             # 2. From the chunks before: C_t^T state exp(a_cum_t), the state carried chunk by chunk.
             y_j = y[rows, j]  # (k q h p)
+            gate = None if gates is None else F.silu(gates[rows, j]).to(products)
             if j > 0:
                 carried = (Cc[rows, j] @ state).view(k, g, q, hg, p).transpose(1, 2).reshape(k, q, h, p)
                 torch.addcmul(inside, carried, decay_in[rows, j], out=y_j)
+                if gate is not None:
+                    y_j.mul_(gate)
+            elif gate is not None:  # gated as it leaves the product's layout: one pass, not a copy and a pass
+                torch.mul(inside, gate, out=y_j)
             else:
                 y_j.copy_(inside)
-            if gates is not None:
-                y_j.mul_(F.silu(gates[rows, j]).to(products))
 
             if j < c - 1:  # state at the chunk's end: decayed old state plus B^T (x decayed to the end)
                 weighted = (xc[rows, j] * to_end[rows, j]).view(k, q, g, hg * p).transpose(1, 2)
