@@ -79,7 +79,8 @@ def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
 
 # Decays below exp(-60) ~ 1e-26 count as none: against float32 sums of terms near one they are zero,
 # and the products of smaller ones fall into the denormal range (below 1.2e-38), where x86 CPUs run
-# many times slower. Strongly decaying heads reach it within a chunk (exp(-88) after 64 steps of
+# many times slower. The per-step and per-chunk decays become zero there (`_decay`); the score
+# matrices' exponents are clamped to the floor by the clamp that bounds them above, one pass for both. Strongly decaying heads reach it within a chunk (exp(-88) after 64 steps of
 # dt A = -1.4): the state's product into those values ran 10x slower, the whole time-axis scan 3x.
 LOG_DECAY_FLOOR = -60.0
 
@@ -129,7 +130,7 @@ def _scan_inference(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
     Cc = C.view(b, c, q, g, n).transpose(2, 3)
     # C_t . B_s is shared by the heads of a group; the causal mask goes on it (hg times fewer
     # entries than the per-head scores). Above the diagonal the exponent is positive: clamped to a
-    # finite exp there, which the zero of CB cancels.
+    # finite exp there, which the zero of CB cancels; below, to LOG_DECAY_FLOOR.
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
     CB = (Cc @ Bc.transpose(-1, -2)).masked_fill_(~causal, 0.0).to(a_cum.dtype).unsqueeze(3)  # (b c g 1 q_t q_s)
     xc = x.view(b, c, q, h, p)
