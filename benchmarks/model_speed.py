@@ -8,21 +8,23 @@ Prints, for BSMamba2 (paper configuration) on N seconds of stereo 44.1 kHz audio
   chunked algorithm needs them, at its chunk lengths); elementwise work is not counted;
 - forward wall time, achieved GFLOP/s and its share of the matmul rate (target >= 40 %);
 - peak resident memory during the forward;
-- the same forward under bf16 autocast in the same run: its time, the ratio to fp32 (target on a
-  CPU with native bf16: >= 2x), the SDR of its output against the fp32 output (target >= 35 dB),
-  and what `--precision auto` picks on this machine and why;
+- the same forward under bf16 autocast in the same run, the two in turn (one forward of each per
+  round, `timing.in_turn`): its time, the ratio to fp32 (the median of the rounds' ratios; target
+  on a CPU with native bf16: >= 2x), the SDR of its output against the fp32 output (target
+  >= 35 dB), and what `--precision auto` picks on this machine and why;
 - the chunked SSD scan against the sequential recurrence at L = 801 (target >= 50x), with the
   bound the matmul rate puts on that ratio (both forms do about the same arithmetic).
 
-    python benchmarks/model_speed.py [--seconds 8] [--threads N] [--repeats 2]
+    python benchmarks/model_speed.py [--seconds 8] [--threads N] [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
+import sys
 import time
+from pathlib import Path
 
 from bsmamba2_plugin.cpu_allocator import tune_cpu_allocator
 
@@ -34,16 +36,8 @@ from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.model.ssd import padded_length, ssd_chunked, ssd_sequential  # noqa: E402
 from bsmamba2_plugin.precision import Precision, autocast, resolve_precision  # noqa: E402
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import cpu_name, in_turn  # noqa: E402
 
 
 def matmul_gflops(size: int = 4096, repeats: int = 3) -> float:
@@ -100,7 +94,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", "--repeats", type=int, default=3,
+                        help="rounds of one fp32 and one bf16 forward (--repeats: its former name)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -116,38 +111,34 @@ def main() -> None:
         print(f"  {key:16s} {value / 1e9:8.1f} GFLOP")
     print(f"  {'total':16s} {total / 1e9:8.1f} GFLOP")
 
+    bf16 = Precision("bf16", torch.bfloat16, "benchmark")
+
+    def bf16_forward() -> torch.Tensor:
+        with autocast(bf16, "cpu"):
+            return model(audio)
+
     with torch.inference_mode():
         rss_before = peak_rss_mib()
         # Warm-up at full length: the first 8 s forward also pays for first-touch memory (measured
         # 23.3 s against 18.5 s on a 2-core Xeon), which a separation of many chunks pays once.
         model(audio)
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            fp32_out = model(audio)
-            times.append(time.perf_counter() - start)
-    rss_after = peak_rss_mib()
-    bf16 = Precision("bf16", torch.bfloat16, "benchmark")
-    with torch.inference_mode(), autocast(bf16, "cpu"):
-        model(audio)  # warm-up, as for fp32
-        bf16_times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            bf16_out = model(audio)
-            bf16_times.append(time.perf_counter() - start)
+        rss_after = peak_rss_mib()
+        bf16_forward()
+        timings = in_turn({"fp32": lambda: model(audio), "bf16": bf16_forward}, rounds=args.rounds, warmup=0)
+    fp32_out, bf16_out = timings.outputs["fp32"], timings.outputs["bf16"]
     matmul = matmul_gflops()
-    seconds = min(times)
+    seconds = timings.best("fp32")
     achieved = total / seconds / 1e9
-    print(f"forward: {seconds:.2f} s (best of {args.repeats} after a warm-up: {', '.join(f'{t:.2f}' for t in times)}),"
+    print(f"forward: {seconds:.2f} s (best of {args.rounds} after a warm-up: {timings.listed('fp32')}),"
           f" real-time factor {seconds / args.seconds:.2f}")
     print(f"achieved {achieved:.1f} GFLOP/s; fp32 matmul {matmul:.1f} GFLOP/s -> {100 * achieved / matmul:.0f} %"
           " of the matmul rate (target >= 40 %)")
-    print(f"peak RSS: {rss_after:.0f} MiB (before the 8 s forward: {rss_before:.0f} MiB)")
-    bf16_seconds = min(bf16_times)
+    print(f"peak RSS: {rss_after:.0f} MiB after the fp32 warm-up (before the 8 s forward: {rss_before:.0f} MiB)")
     sdr = 10 * torch.log10(fp32_out.pow(2).sum() / (fp32_out - bf16_out).pow(2).sum()).item()
-    print(f"bf16 autocast forward: {bf16_seconds:.2f} s (best of {args.repeats} after a warm-up: "
-          f"{', '.join(f'{t:.2f}' for t in bf16_times)}) -> {seconds / bf16_seconds:.2f}x the fp32 speed"
-          f" (target >= 2x where bf16 is native); output {sdr:.1f} dB SDR from fp32 (target >= 35 dB)")
+    speedups = timings.ratios("fp32", "bf16")
+    print(f"bf16 autocast forward: {timings.listed('bf16')} s, in turn with fp32's -> per round "
+          f"{', '.join(f'{r:.2f}x' for r in speedups)}, median {timings.median_ratio('fp32', 'bf16'):.2f}x the fp32"
+          f" speed (target >= 2x where bf16 is native); output {sdr:.1f} dB SDR from fp32 (target >= 35 dB)")
     print(f"--precision auto here: {resolve_precision('auto', 'cpu').reason}")
 
     # One Mamba2 layer's scan over time on an 8 s clip: 62 band sequences, 16 heads x 64, d_state 128.

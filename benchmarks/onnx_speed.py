@@ -2,9 +2,10 @@
 
 Prints the export's wall time and graph size, then seconds per chunk for onnxruntime (CPU) and
 for the PyTorch model in fp32 on the same chunk, in the same run, and their relative difference.
-Random weights; the paper configuration (or --config).
+The two runtimes run in turn, one chunk each per round (`timing.in_turn`): the ratio reported is
+the median of the rounds' ratios. Random weights; the paper configuration (or --config).
 
-    python benchmarks/onnx_speed.py [--chunk_size 352800] [--threads N] [--repeats 2] [--config PATH]
+    python benchmarks/onnx_speed.py [--chunk_size 352800] [--threads N] [--rounds 4] [--config PATH]
 """
 from __future__ import annotations
 
@@ -29,24 +30,16 @@ from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.onnx_export import OnnxChunkModel, export_onnx, frames_for  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_speed import cpu_name  # noqa: E402
+from timing import cpu_name, in_turn  # noqa: E402
 from train_throughput import read_config  # noqa: E402
-
-
-def best_of(repeats: int, run) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunk_size", type=int, default=352800, help="samples per chunk (paper: 8 s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", "--repeats", type=int, default=4,
+                        help="rounds of one chunk in each runtime (--repeats: its former name)")
     parser.add_argument("--config", default=None, help="an MSST YAML; default: the paper model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,15 +60,21 @@ def main() -> None:
         print(f"export: {export_seconds:.1f} s, {nodes} graph nodes, {path.stat().st_size / 2**20:.0f} MiB")
         chunk_model = OnnxChunkModel(path, threads=args.threads)  # the package's session options
         chunk_model(audio)  # warm-up
-        t_onnx, onnx_out = best_of(args.repeats, lambda: chunk_model(audio))
         onnx_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    with torch.inference_mode():
-        model(audio)
-        t_torch, torch_out = best_of(args.repeats, lambda: model(audio))
+        with torch.inference_mode():
+            model(audio)  # warm-up
+            timings = in_turn({"onnxruntime": lambda: chunk_model(audio), "PyTorch fp32": lambda: model(audio)},
+                              rounds=args.rounds, warmup=0)
+    onnx_out, torch_out = timings.outputs["onnxruntime"], timings.outputs["PyTorch fp32"]
     error = ((onnx_out - torch_out).abs().max() / torch_out.abs().max()).item()
-    print(f"one chunk, best of {args.repeats}: onnxruntime {t_onnx:.2f} s, PyTorch fp32 {t_torch:.2f} s "
-          f"-> onnxruntime / PyTorch = {t_onnx / t_torch:.2f} (target <= 1); max relative difference {error:.1e}")
-    print(f"peak RSS of the process up to the onnxruntime runs: {onnx_peak:.1f} GiB")
+    ratios = timings.ratios("onnxruntime", "PyTorch fp32")
+    print(f"one chunk, {args.rounds} rounds in turn: onnxruntime {timings.listed('onnxruntime')} s, PyTorch fp32 "
+          f"{timings.listed('PyTorch fp32')} s")
+    print(f"onnxruntime / PyTorch per round {', '.join(f'{r:.3f}' for r in ratios)} -> median "
+          f"{timings.median_ratio('onnxruntime', 'PyTorch fp32'):.3f} (target <= 1); best of each "
+          f"{timings.best('onnxruntime'):.2f} s against {timings.best('PyTorch fp32'):.2f} s; "
+          f"max relative difference {error:.1e}")
+    print(f"peak RSS of the process up to onnxruntime's first run: {onnx_peak:.1f} GiB")
 
 
 if __name__ == "__main__":

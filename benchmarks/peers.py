@@ -43,7 +43,7 @@ from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.precision import Precision, autocast, resolve_precision  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_speed import cpu_name  # noqa: E402
+from timing import cpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 44100

@@ -73,6 +73,53 @@ def test_sessions_take_denormals_as_zero(exported):
     assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
 
 
+def graph_constant(name: str, graphs: list) -> float | None:
+    """The value of a scalar the graph computes from constants alone (through Cast/CastLike), looked up
+    from the innermost graph out; None where it is not one."""
+    from onnx import numpy_helper
+
+    for graph in reversed(graphs):
+        for initializer in graph.initializer:
+            if initializer.name == name:
+                return float(numpy_helper.to_array(initializer).reshape(-1)[0])
+        for node in graph.node:
+            if name in node.output:
+                if node.op_type == "Constant":
+                    return float(numpy_helper.to_array(node.attribute[0].t).reshape(-1)[0])
+                if node.op_type in ("Cast", "CastLike", "Identity"):
+                    return graph_constant(node.input[0], graphs)
+                return None
+    return None
+
+
+def test_every_decay_in_the_graph_is_floored(exported):
+    """Every Exp of a computed value (the decays; exp(A_log) of the weights is not one) reads a Clip whose
+    lower bound is LOG_DECAY_FLOOR: strongly decaying heads make no denormal floats in the graph, so a
+    session without denormals-as-zero runs as fast (README, ONNX)."""
+    from bsmamba2_plugin.model.ssd import LOG_DECAY_FLOOR
+
+    found = []
+
+    def walk(graphs: list) -> None:
+        graph = graphs[-1]
+        weights = {initializer.name for g in graphs for initializer in g.initializer}
+        producers = {output: node for node in graph.node for output in node.output}
+        for node in graph.node:
+            if node.op_type == "Exp" and node.input[0] not in weights:
+                clip = producers.get(node.input[0])
+                assert clip is not None and clip.op_type == "Clip", f"{node.name} reads {clip and clip.op_type}"
+                assert len(clip.input) > 1 and graph_constant(clip.input[1], graphs) == LOG_DECAY_FLOOR, clip.name
+                found.append(node.name)
+            for attribute in node.attribute:
+                if attribute.g.node:
+                    walk([*graphs, attribute.g])
+
+    walk([onnx.load(str(exported[1])).graph])
+    # One layer, two directions: the band axis's scores (one chunk), the time axis's scores and its decays
+    # to a chunk's end and from its start (two chunks).
+    assert len(found) == 2 * (1 + 3), found
+
+
 def test_graph_has_fixed_frames_dynamic_batch_and_metadata(exported):
     model, path = exported
     graph = onnx.load(str(path))

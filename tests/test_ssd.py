@@ -1,9 +1,12 @@
 """The tuned chunked SSD scan and its plain reference form against the recurrence they must equal."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from bsmamba2_plugin.metrics import usdr
 from bsmamba2_plugin.model.ssd import (
@@ -186,6 +189,48 @@ def test_graph_form_equals_the_recurrence(length: int, groups: int, chunk_size: 
     got = time_major(got, length)
     assert got.shape == expected.shape
     assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-9
+
+
+def loop_scan(combine, init, xs):
+    """torch's scan as a Python loop, so that every op inside runs eagerly (torch's own compiles its body)."""
+    carry, ys = init, []
+    for index in range(xs[0].shape[0]):
+        carry, y = combine(carry, tuple(t[index] for t in xs))
+        ys.append(y)
+    return carry, torch.stack(ys)
+
+
+class DenormalsSeen(TorchFunctionMode):
+    """Names the torch functions whose float results hold denormal numbers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.functions: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                if ((t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)).any():
+                    self.functions.append(getattr(func, "__name__", str(func)))
+        return out
+
+
+def test_graph_form_makes_no_denormals_for_strong_decays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graph form floors its decays at exp(LOG_DECAY_FLOOR) (README, ONNX): with strongly decaying heads
+    none of its results in float32 is denormal, and the output still matches the float64 recurrence. The
+    Scans run as a Python loop here (`loop_scan`), so that every op is seen."""
+    monkeypatch.setattr(importlib.import_module("torch._higher_order_ops.scan"), "scan", loop_scan)
+    x, a, B, C, dt, D = raw_scan_inputs(300, batch=4, groups=1)
+    a = a * 4  # as in test_decays_below_the_floor_are_zero_and_strong_decays_stay_exact
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=x.dtype)
+    expected = folded_by_hand(x, a, B, C, dt, D[0].expand(4, -1)) * F.silu(z)
+    with DenormalsSeen() as seen:
+        got = ssd_graph(*(channels_first(t.float()) for t in (x, a, B, C)), 64, dt=channels_first(dt.float()),
+                        D=D[0].float(), z=channels_first(z.float()), block=2)
+    assert seen.functions == []
+    got = time_major(got, 300).double()
+    assert ((got - expected).abs().max() / expected.abs().max()).item() < 1e-5
 
 
 def test_graph_blocks_divide_the_sequences() -> None:

@@ -330,7 +330,7 @@ def _direction_weights(m: Mamba2, norm_weight: Tensor, merge_half: Tensor | None
     """One direction's effective in_proj weight, its block's RMSNorm weight folded in, and out_proj's,
     merge_half (d, d) folded in unless None. Effective (linear_weight.py): LoRA adapters included."""
     w_in = bias_free_weights([m.in_proj], "in_proj")[0] * norm_weight
-    w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner)
+    w_out = out_proj_weight(m)
     return w_in, w_out if merge_half is None else merge_half @ w_out
 
 
@@ -362,7 +362,7 @@ def mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor, w_out: Tensor
     times their size, and the paper's batch of 5 x 8 s would not fit a GPU with them.
     """
     if w_out is None:
-        w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner), LoRA included
+        w_out = out_proj_weight(m)
     inputs = (z, xBC, dt, w_out)
     if needs_gradients(*inputs, *m.parameters()):
         # Nothing inside draws random numbers: no RNG state to keep for the rerun.
@@ -399,6 +399,11 @@ def _mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor, w_out: Tenso
         return normed.to(z.dtype) @ w_proj
     out = gated.to(z.dtype) @ w_proj
     return (fp32_or_wider(out) * inv_rms(gated, -1, m.norm.eps)).to(z.dtype)
+
+
+def out_proj_weight(m: Mamba2) -> Tensor:
+    """out_proj's effective weight (d_model, d_inner), LoRA included (linear_weight.py)."""
+    return bias_free_weights([m.out_proj], "out_proj")[0]
 
 
 def projection_after_norm(m: Mamba2, w_out: Tensor) -> Tensor:
@@ -441,7 +446,7 @@ def graph_mixer(m: Mamba2, u: Tensor, w_in: Tensor, w_out: Tensor | None = None)
     dt = F.softplus(project(m.d_inner + conv_end, w_in.shape[0]) + m.dt_bias[:, None])  # (b h l)
     a = dt * -torch.exp(m.A_log)[:, None]
     if w_out is None:
-        w_out = bias_free_weights([m.out_proj], "out_proj")[0]  # (d_model d_inner), LoRA included
+        w_out = out_proj_weight(m)
     w_proj = projection_after_norm(m, w_out)  # (d_inner d_out)
 
     def norm_and_project(y: Tensor) -> Tensor:

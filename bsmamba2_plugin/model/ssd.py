@@ -79,9 +79,12 @@ def ssd_chunked(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int,
 
 # Decays below exp(-60) ~ 1e-26 count as none: against float32 sums of terms near one they are zero,
 # and the products of smaller ones fall into the denormal range (below 1.2e-38), where x86 CPUs run
-# many times slower. The per-step and per-chunk decays become zero there (`_decay`); the score
-# matrices' exponents are clamped to the floor by the clamp that bounds them above, one pass for both. Strongly decaying heads reach it within a chunk (exp(-88) after 64 steps of
+# many times slower. Strongly decaying heads reach it within a chunk (exp(-88) after 64 steps of
 # dt A = -1.4): the state's product into those values ran 10x slower, the whole time-axis scan 3x.
+# In the PyTorch scans the per-step and per-chunk decays become zero there (`_decay`); the score
+# matrices' exponents are clamped to the floor by the clamp that bounds them above, one pass for both.
+# The ONNX graph clamps every exponent to the floor (a Clip before each Exp, no Where): a decay that
+# small weighs exp(-60) instead of nothing, and a session without denormals-as-zero runs as fast.
 LOG_DECAY_FLOOR = -60.0
 
 
@@ -381,7 +384,7 @@ def _graph_block(x: Tensor, a: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tens
     def scores(BC: Tensor, a_cum: Tensor, a_from: Tensor) -> Tensor:
         """S^T with D on its diagonal: BC (..., g, q_s, q_t) = B_s . C_t, a_cum, a_from (..., h, q)
         -> (..., h, q_s, q_t)."""
-        decays = torch.exp((a_cum[..., None, :] - a_from[..., :, None]).clamp_max(80.0))
+        decays = torch.exp((a_cum[..., None, :] - a_from[..., :, None]).clamp(LOG_DECAY_FLOOR, 80.0))
         lead = a_cum.shape[:-2]
         return (decays.view(*lead, g, hg, q, q) * (BC * causal).unsqueeze(-3) + skip).view(*lead, h, q, q)
 
@@ -394,9 +397,10 @@ def _graph_block(x: Tensor, a: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tens
     Cs = C.view(b, g, n, c, q).permute(3, 0, 1, 2, 4)  # (c b g n q)
     y = xs @ scores(Bs @ Cs, a_cums, a_froms)  # (c b h p q_t): inside each chunk, and D x
     # Each chunk's own state at its end: (x decayed to the chunk's end) B^T.
-    to_end = torch.exp(a_cums[..., -1:] - a_froms).unsqueeze(3)  # (c b h 1 q)
+    to_end = torch.exp((a_cums[..., -1:] - a_froms).clamp_min(LOG_DECAY_FLOOR)).unsqueeze(3)  # (c b h 1 q)
     chunk_states = (xs * to_end).view(c, b, g, hg * p, q) @ Bs  # (c b g hg*p n)
-    chunk_decays = torch.exp(a_cums[..., -1]).view(c, b, g, hg, 1, 1)
+    from_starts = torch.exp(a_cums.clamp_min(LOG_DECAY_FLOOR))  # (c b h q): from the chunk's start to t
+    chunk_decays = from_starts[..., -1].reshape(c, b, g, hg, 1, 1)
 
     def step(state: Tensor, inputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
         C_j, decay_j, own_j = inputs  # state (b g hg*p n): the sum of the chunks before
@@ -407,7 +411,7 @@ def _graph_block(x: Tensor, a: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tens
     # Expand; x.new_zeros as ConstantOfShape and a cast of the whole state.
     state = torch.zeros(b, g, hg * p, n, dtype=x.dtype, device=x.device)
     y_before = scan(step, state, (Cs, chunk_decays, chunk_states))[1].view(c, b, h, p, q)  # state C_t
-    return (y + y_before * torch.exp(a_cums).unsqueeze(3)) * F.silu(zs)  # exp(a_cum_t): from the chunk's start
+    return (y + y_before * from_starts.unsqueeze(3)) * F.silu(zs)
 
 
 def ssd_sequential(x: Tensor, a: Tensor, B: Tensor, C: Tensor) -> Tensor:
