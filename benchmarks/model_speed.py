@@ -37,7 +37,7 @@ from bsmamba2_plugin.model.ssd import padded_length, ssd_chunked, ssd_sequential
 from bsmamba2_plugin.precision import Precision, autocast, resolve_precision  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import cpu_name, in_turn  # noqa: E402
+from timing import add_rounds_argument, cpu_name, in_turn  # noqa: E402
 
 
 def matmul_gflops(size: int = 4096, repeats: int = 3) -> float:
@@ -94,8 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--rounds", "--repeats", type=int, default=3,
-                        help="rounds of one fp32 and one bf16 forward (--repeats: its former name)")
+    add_rounds_argument(parser, 3, "one fp32 and one bf16 forward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -133,7 +132,7 @@ def main() -> None:
           f" real-time factor {seconds / args.seconds:.2f}")
     print(f"achieved {achieved:.1f} GFLOP/s; fp32 matmul {matmul:.1f} GFLOP/s -> {100 * achieved / matmul:.0f} %"
           " of the matmul rate (target >= 40 %)")
-    print(f"peak RSS: {rss_after:.0f} MiB after the fp32 warm-up (before the 8 s forward: {rss_before:.0f} MiB)")
+    print(f"peak RSS: {rss_after:.0f} MiB after the fp32 warm-up (before the first forward: {rss_before:.0f} MiB)")
     sdr = 10 * torch.log10(fp32_out.pow(2).sum() / (fp32_out - bf16_out).pow(2).sum()).item()
     speedups = timings.ratios("fp32", "bf16")
     print(f"bf16 autocast forward: {timings.listed('bf16')} s, in turn with fp32's -> per round "

@@ -30,7 +30,7 @@ from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.onnx_export import OnnxChunkModel, export_onnx, frames_for  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import cpu_name, in_turn  # noqa: E402
+from timing import add_rounds_argument, cpu_name, in_turn  # noqa: E402
 from train_throughput import read_config  # noqa: E402
 
 
@@ -38,8 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunk_size", type=int, default=352800, help="samples per chunk (paper: 8 s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--rounds", "--repeats", type=int, default=4,
-                        help="rounds of one chunk in each runtime (--repeats: its former name)")
+    add_rounds_argument(parser, 4, "one chunk in each runtime")
     parser.add_argument("--config", default=None, help="an MSST YAML; default: the paper model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -7,6 +7,7 @@ ratios is what the benchmarks report.
 """
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
@@ -45,6 +46,17 @@ class Timings:
 
     def listed(self, name: str) -> str:
         return ", ".join(f"{t:.2f}" for t in self.seconds[name])
+
+
+def add_rounds_argument(parser: argparse.ArgumentParser, default: int, what: str) -> None:
+    """--rounds (also --repeats, its former name): how many rounds `in_turn` runs, at least one."""
+    def rounds(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number of rounds, at least 1, got {text!r}")
+        return int(text)
+
+    parser.add_argument("--rounds", "--repeats", type=rounds, default=default,
+                        help=f"rounds of {what} (default {default}; --repeats: the option's former name)")
 
 
 def in_turn(variants: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> Timings:
