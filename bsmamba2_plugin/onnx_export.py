@@ -172,9 +172,11 @@ class OnnxChunkModel(nn.Module):
         # paper-width depth-2 model on a 4 s chunk that peaked at 22.5 GB, against 8.1 GB without it
         # (same time per chunk, 2026-12-03).
         options.enable_mem_pattern = False
-        # Denormal floats (below 1.2e-38) as zero: strongly decaying heads produce them in the scan,
-        # and x86 CPUs run many times slower on them (a time-axis mixer with dt A near -3 per step:
-        # 2.26 s against 0.79 s, 2026-12-07). They are zero to the model's float32 sums anyway.
+        # Denormal floats (below 1.2e-38) as zero, on which x86 CPUs run many times slower. The graph
+        # floors its decays (ssd.LOG_DECAY_FLOOR), which keeps strongly decaying heads out of that range;
+        # this also covers what the floor cannot, small activations times small decays. They are zero
+        # to the model's float32 sums anyway. (Before the floor, a time-axis mixer with dt A near -3 per
+        # step took 2.26 s without this and 0.79 s with it, 2026-12-07.)
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         if threads is not None:
             options.intra_op_num_threads = threads
