@@ -34,26 +34,41 @@ from timing import add_rounds_argument, cpu_name, in_turn  # noqa: E402
 from train_throughput import read_config  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chunk_size", type=int, default=352800, help="samples per chunk (paper: 8 s)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads of both runtimes (default: each its own choice, as the package leaves them: "
-                             "torch's, and onnxruntime's one per physical core, pinned to it)")
-    add_rounds_argument(parser, 4, "one chunk in each runtime")
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--chunk_size and --config, as both ONNX benchmarks take them."""
+    def samples(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive whole number of samples, got {text!r}")
+        return int(text)
+
+    parser.add_argument("--chunk_size", type=samples, default=352800, help="samples per chunk (paper: 8 s)")
     parser.add_argument("--config", default=None, help="an MSST YAML; default: the paper model")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+
+
+def benchmark_model(args: argparse.Namespace, onnx_threads: str) -> tuple[BSMamba2, torch.Tensor]:
+    """The model (random weights, seed 0; the paper's or --config's) and the chunk of random audio both
+    ONNX benchmarks run; prints the machine and the model."""
     torch.manual_seed(0)
     model = (BSMamba2.from_config(read_config(args.config)) if args.config else BSMamba2()).eval()
-    onnx_threads = (f"{args.threads} threads" if args.threads
-                    else "its own choice of threads (one per physical core, pinned)")
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads; onnxruntime {onnx_threads}")
     print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; chunk {args.chunk_size} samples "
           f"({frames_for(model.stft_kwargs, args.chunk_size)} frames)")
-    audio = torch.randn(1, model.audio_channels, args.chunk_size) * 0.1
+    return model, torch.randn(1, model.audio_channels, args.chunk_size) * 0.1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of both runtimes (default: each its own choice, as the package leaves them: "
+                             "torch's, and onnxruntime's one per physical core, pinned to it)")
+    add_rounds_argument(parser, 4, "one chunk in each runtime")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, audio = benchmark_model(args, f"{args.threads} threads" if args.threads
+                                   else "its own choice of threads (one per physical core, pinned)")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bsmamba2.onnx"
         start = time.perf_counter()

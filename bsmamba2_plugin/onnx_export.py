@@ -143,6 +143,34 @@ def export_onnx(
     return path
 
 
+def session_options(threads: int | None = None) -> Any:
+    """The onnxruntime SessionOptions `OnnxChunkModel` runs a graph with.
+
+    threads: onnxruntime's intra-op threads. The default, its own choice, is one per physical core,
+    each pinned to its core; a number given here leaves them unpinned, which was 7 % slower with the
+    same 2 threads on a 2-core Xeon (paper model, 8 s chunks, one run: 18.5 s against 19.9 s, 2026-12-07).
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # onnxruntime's arena is left on. It outgrew 23 GB on the graph of 2026-12-02 (activations of up
+    # to 1 GB each); on the Scan graph, paper model, 8 s chunks of batch 2, 1, 2, it peaked at
+    # 10.3 GiB against 9.9 GiB without it, 1-10 % faster per chunk (2026-12-07, README).
+    # Its memory-pattern planner sizes one block for all intermediates it expects together: for a
+    # paper-width depth-2 model on a 4 s chunk that peaked at 22.5 GB, against 8.1 GB without it
+    # (same time per chunk, 2026-12-03).
+    options.enable_mem_pattern = False
+    # Denormal floats (below 1.2e-38) as zero, on which x86 CPUs run many times slower. The graph
+    # floors its decays (ssd.LOG_DECAY_FLOOR), which keeps strongly decaying heads out of that range;
+    # this also covers what the floor cannot, small activations times small decays. They are zero
+    # to the model's float32 sums anyway. (Before the floor, a time-axis mixer with dt A near -3 per
+    # step took 2.26 s without this and 0.79 s with it, 2026-12-07.)
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
+
+
 class OnnxChunkModel(nn.Module):
     """An exported network with a model's contract: (batch, channels, chunk_samples) float32 ->
     (batch, stems, channels, chunk_samples) float32, as MSST's demix and the package's overlap-add
@@ -153,10 +181,9 @@ class OnnxChunkModel(nn.Module):
     """
 
     def __init__(self, onnx_path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 threads: int | None = None):
-        """threads: onnxruntime's intra-op threads. The default, its own choice, is one per physical core,
-        each pinned to its core; a number given here leaves them unpinned, which was 7 % slower with the
-        same 2 threads on a 2-core Xeon (paper model, 8 s chunks, one run: 18.5 s against 19.9 s, 2026-12-07)."""
+                 threads: int | None = None, options: Any = None):
+        """threads: as `session_options`; options: onnxruntime SessionOptions to use instead of
+        `session_options(threads)` (the benchmarks' profiler starts from those)."""
         super().__init__()
         import onnxruntime
 
@@ -164,22 +191,11 @@ class OnnxChunkModel(nn.Module):
         if not onnx_path.is_file():
             raise FileNotFoundError(f"ONNX model {onnx_path} does not exist")
         self.onnx_path = onnx_path
-        options = onnxruntime.SessionOptions()
-        # onnxruntime's arena is left on. It outgrew 23 GB on the graph of 2026-12-02 (activations of up
-        # to 1 GB each); on the Scan graph, paper model, 8 s chunks of batch 2, 1, 2, it peaked at
-        # 10.3 GiB against 9.9 GiB without it, 1-10 % faster per chunk (2026-12-07, README).
-        # Its memory-pattern planner sizes one block for all intermediates it expects together: for a
-        # paper-width depth-2 model on a 4 s chunk that peaked at 22.5 GB, against 8.1 GB without it
-        # (same time per chunk, 2026-12-03).
-        options.enable_mem_pattern = False
-        # Denormal floats (below 1.2e-38) as zero, on which x86 CPUs run many times slower. The graph
-        # floors its decays (ssd.LOG_DECAY_FLOOR), which keeps strongly decaying heads out of that range;
-        # this also covers what the floor cannot, small activations times small decays. They are zero
-        # to the model's float32 sums anyway. (Before the floor, a time-axis mixer with dt A near -3 per
-        # step took 2.26 s without this and 0.79 s with it, 2026-12-07.)
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        if threads is not None:
-            options.intra_op_num_threads = threads
+        if options is None:
+            options = session_options(threads)
+        elif threads is not None:
+            raise ValueError(f"OnnxChunkModel({onnx_path.name}): pass threads or options, not both (threads={threads} "
+                             "would be ignored; set intra_op_num_threads on the options instead)")
         try:
             self.session = onnxruntime.InferenceSession(str(onnx_path), options,
                                                         providers=list(providers or ["CPUExecutionProvider"]))

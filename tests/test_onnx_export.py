@@ -13,7 +13,7 @@ import onnx  # noqa: E402  (installed with the two above)
 
 from bsmamba2_plugin.model import BSMamba2  # noqa: E402
 from bsmamba2_plugin.onnx_export import (  # noqa: E402
-    INPUT_NAME, OUTPUT_NAME, OnnxChunkModel, OnnxSeparator, export_onnx, frames_for, main,
+    INPUT_NAME, OUTPUT_NAME, OnnxChunkModel, OnnxSeparator, export_onnx, frames_for, main, session_options,
 )
 
 TINY = dict(dim=32, depth=1, stft_n_fft=256, stft_hop_length=64, stft_win_length=256,
@@ -71,6 +71,93 @@ def test_sessions_take_denormals_as_zero(exported):
     (README, ONNX): the package's sessions flush them."""
     options = OnnxChunkModel(exported[1]).session.get_session_options()
     assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
+
+
+def test_chunk_model_takes_session_options_or_threads_not_both(exported):
+    """The benchmarks profile a session made from the package's options; given threads as well, those
+    would be ignored, which is an error naming both."""
+    options = session_options()
+    options.intra_op_num_threads = 1
+    session = OnnxChunkModel(exported[1], options=options).session
+    assert session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ValueError, match="pass threads or options, not both"):
+        OnnxChunkModel(exported[1], threads=2, options=session_options())
+
+
+def benchmark_module(name: str, monkeypatch: pytest.MonkeyPatch):
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return importlib.import_module(name)
+
+
+def test_onnxruntime_profile_counts_the_products_flops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    """benchmarks/onnx_profile.py reads onnxruntime's own profile: products (with FLOPs), convs, the rest.
+    Here a real profile of known products: one with a constant weight (onnxruntime prepacks it and leaves
+    it out of the profile's shapes) and one whose first operand is transposed (onnxruntime fuses the
+    Transpose into the product); only the last run counts."""
+    import numpy as np
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    profiles = benchmark_module("runtime_profiles", monkeypatch)
+    inputs = {"a": np.random.rand(3, 8, 16), "t": np.random.rand(4, 16, 6), "b": np.random.rand(4, 16, 7),
+              "c": np.random.rand(2, 4, 50)}
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["p"]),
+         helper.make_node("Transpose", ["t"], ["t_rows"], perm=[0, 2, 1]),
+         helper.make_node("MatMul", ["t_rows", "b"], ["q"]),
+         helper.make_node("Conv", ["c", "k"], ["r"], group=4, pads=[3, 0])],
+        "products", [helper.make_tensor_value_info(name, TensorProto.FLOAT, value.shape)
+                     for name, value in inputs.items()],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in "pqr"],
+        [numpy_helper.from_array(np.random.rand(16, 5).astype(np.float32), "w"),
+         numpy_helper.from_array(np.random.rand(4, 1, 4).astype(np.float32), "k")])
+    options = session_options()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    session = onnxruntime.InferenceSession(helper.make_model(graph).SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+    feeds = {name: value.astype(np.float32) for name, value in inputs.items()}
+    for _ in range(2):
+        session.run(None, feeds)
+    profile = profiles.onnxruntime_profile(session.end_profiling())
+    assert profile.flops == 2 * (3 * 8 * 16 * 5 + 4 * 6 * 16 * 7)
+    assert sum(calls for calls, _, _ in profile.shapes.values()) == 2
+    assert profile.seconds["matrix products"] > 0 and profile.seconds["depthwise convs"] > 0
+    assert sum(profile.seconds.values()) == pytest.approx(profile.wall)
+
+    timings = benchmark_module("timing", monkeypatch).Timings({"onnxruntime": [2.0], "PyTorch fp32": [1.0]})
+    profiles.report({"onnxruntime": profile, "PyTorch fp32": profile}, timings, top=2)
+    printed = capsys.readouterr().out
+    assert "median ratio 2.000, gap +1.00 s" in printed and "+0.00 s of that gap is the GEMM kernels' speed" in printed
+
+
+def test_torch_profile_counts_the_products_flops(monkeypatch: pytest.MonkeyPatch):
+    """The same for torch's profiler: mm, addmm, bmm, baddbmm and its in-place form, each run twice."""
+    import time
+
+    import torch.nn.functional as F
+
+    profiles = benchmark_module("runtime_profiles", monkeypatch)
+    a, b, x, y = torch.randn(8, 16), torch.randn(16, 5), torch.randn(3, 8, 16), torch.randn(3, 16, 5)
+    into = torch.zeros(3, 8, 5)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        start = time.perf_counter()
+        for _ in range(2):
+            a @ b
+            torch.addmm(torch.zeros(5), a, b)
+            torch.bmm(x, y)
+            torch.baddbmm(into, x, y)
+            into.baddbmm_(x, y)
+            F.conv1d(torch.randn(2, 4, 50), torch.randn(4, 1, 4), groups=4)
+        wall = time.perf_counter() - start
+    profile = profiles.torch_profile(prof.key_averages(group_by_input_shape=True), wall)
+    assert profile.flops == 2 * 2 * (2 * 8 * 16 * 5 + 3 * 3 * 8 * 16 * 5)
+    assert sum(calls for calls, _, _ in profile.shapes.values()) == 10
+    assert profile.seconds["depthwise convs"] > 0
 
 
 def graph_constant(name: str, graphs: list) -> float | None:
