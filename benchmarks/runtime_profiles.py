@@ -108,6 +108,8 @@ def torch_profile(averages: Iterable, wall: float) -> Profile:
 
 
 def report(profiles: dict[str, Profile], timings: Timings, top: int) -> None:
+    """Prints the two profiles side by side, each one's `top` costliest product shapes, the unprofiled
+    rounds of `timings` (the same two names), and how much of the gap the first's products' rate makes."""
     names = list(profiles)
     print(f"one chunk each, profiled:\n{'':18s}" + "".join(f"{name:>34s}" for name in names))
     for kind in KINDS:
@@ -121,7 +123,7 @@ def report(profiles: dict[str, Profile], timings: Timings, top: int) -> None:
     for name, profile in profiles.items():
         print(f"{name}: largest products (calls, seconds, GFLOP/s)")
         for shape, (calls, seconds, flops) in sorted(profile.shapes.items(), key=lambda kv: -kv[1][1])[:top]:
-            print(f"  {shape}: {calls:.0f}, {seconds:.2f} s, {flops / seconds / 1e9:.0f}")
+            print(f"  {shape}: {calls:.0f}, {seconds:.2f} s, {flops / seconds / 1e9 if seconds else math.nan:.0f}")
     ours, theirs = profiles[names[0]], profiles[names[1]]
     at_their_rate = ours.flops / theirs.rate() / 1e9
     gaps = [a - b for a, b in zip(timings.seconds[names[0]], timings.seconds[names[1]])]
