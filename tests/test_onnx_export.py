@@ -129,10 +129,15 @@ def test_onnxruntime_profile_counts_the_products_flops(tmp_path: Path, monkeypat
     assert profile.seconds["matrix products"] > 0 and profile.seconds["depthwise convs"] > 0
     assert sum(profile.seconds.values()) == pytest.approx(profile.wall)
 
-    timings = benchmark_module("timing", monkeypatch).Timings({"onnxruntime": [2.0], "PyTorch fp32": [1.0]})
-    profiles.report({"onnxruntime": profile, "PyTorch fp32": profile}, timings, top=2)
+    # The report on two made-up profiles: the same 300 GFLOP at 100 and at 150 GFLOP/s.
+    slow, fast = profiles.Profile(wall=5.0), profiles.Profile(wall=4.0)
+    slow.add("matrix products", 3.0, "A", 300e9)
+    fast.add("matrix products", 2.0, "B", 300e9)
+    timings = benchmark_module("timing", monkeypatch).Timings({"slow": [5.0, 5.5], "fast": [4.0, 4.1]})
+    profiles.report({"slow": slow.finish(), "fast": fast.finish()}, timings, top=2)
     printed = capsys.readouterr().out
-    assert "median ratio 2.000, gap +1.00 s" in printed and "+0.00 s of that gap is the GEMM kernels' speed" in printed
+    assert "median ratio 1.296, gap +1.20 s" in printed
+    assert "would take 2.00 s instead of 3.00 s: +1.00 s of that gap is the GEMM kernels' speed" in printed
 
 
 def test_torch_profile_counts_the_products_flops(monkeypatch: pytest.MonkeyPatch):
