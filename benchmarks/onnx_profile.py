@@ -56,8 +56,7 @@ def main() -> None:
         del chunk_model  # its arena: two sessions' would not fit beside the model on a 24 GiB machine
         plain = OnnxChunkModel(path)
         with torch.inference_mode():
-            model(audio)
-            time.sleep(1)  # onnxruntime's threads spin a while after a run, which slows torch's that start then
+            model(audio)  # warm-up, which also outlasts onnxruntime's threads spinning after its run
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
                 start = time.perf_counter()
                 model(audio)

@@ -25,13 +25,15 @@ class Profile:
 
     wall: float
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
-    flops: float = 0.0
     shapes: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def flops(self) -> float:
+        return sum(flops for _, _, flops in self.shapes.values())
 
     def add(self, kind: str, seconds: float, shape: str = "", flops: float = 0.0, calls: int = 1) -> None:
         self.seconds[kind] += seconds
         if kind == "matrix products":
-            self.flops += flops
             totals = self.shapes.setdefault(shape, [0, 0.0, 0.0])
             totals[0] += calls
             totals[1] += seconds
@@ -52,8 +54,7 @@ def onnx_product_flops(inputs: Sequence[Sequence[int]], output: Sequence[int]) -
     """2 M N K of a MatMul-like node from the shapes onnxruntime's profiler records: the output is
     (..., M, N); the first input, A, whichever way it is transposed, holds batch x M x K elements, its
     batch being its own leading axes (a prepacked constant B is not listed)."""
-    a = inputs[0]
-    m, n = output[-2], output[-1]
+    a, m = inputs[0], output[-2]
     k = math.prod(a) // (math.prod(a[:-2]) * m)
     return 2.0 * math.prod(output) * k
 

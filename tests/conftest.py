@@ -9,6 +9,21 @@ import pytest
 import reference_sources
 
 
+@pytest.fixture
+def benchmark_module(monkeypatch: pytest.MonkeyPatch):
+    """Imports a module of benchmarks/ by name, fresh, with that folder on sys.path for the test only."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+    def load(name: str):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        return importlib.import_module(name)
+
+    return load
+
+
 @pytest.fixture(scope="session")
 def reference(pytestconfig: pytest.Config):
     """mamba-ssm's and MSST's real Python sources, loaded on CPU (see reference_mamba.py)."""

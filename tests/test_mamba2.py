@@ -193,18 +193,14 @@ def test_bidirectional_block_on_the_mamba_ssm_path(reference_kernels, monkeypatc
     torch.testing.assert_close(kernels_out, block(x), rtol=2e-4, atol=2e-5)
 
 
-def test_backend_paths_benchmark_measures_agreement(reference_kernels, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backend_paths_benchmark_measures_agreement(reference_kernels, monkeypatch: pytest.MonkeyPatch,
+                                                    benchmark_module) -> None:
     """benchmarks/backend_paths.py runs on a GPU only; its comparison is checked here on the
     reference stand-ins: the same weights agree, and a kernel that drops the D skip does not."""
-    import sys
-    from pathlib import Path
-
     import bsmamba2_plugin.model.bsmamba2 as model_module
     from bsmamba2_plugin.model import BSMamba2
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    monkeypatch.delitem(sys.modules, "backend_paths", raising=False)
-    from backend_paths import compare_paths
+    compare_paths = benchmark_module("backend_paths").compare_paths
 
     reference_kernels(True)
     monkeypatch.setattr(model_module, "use_mamba_ssm", lambda requested, tensor: requested == "mamba_ssm")

@@ -84,16 +84,7 @@ def test_chunk_model_takes_session_options_or_threads_not_both(exported):
         OnnxChunkModel(exported[1], threads=2, options=session_options())
 
 
-def benchmark_module(name: str, monkeypatch: pytest.MonkeyPatch):
-    import importlib
-    import sys
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    monkeypatch.delitem(sys.modules, name, raising=False)
-    return importlib.import_module(name)
-
-
-def test_onnxruntime_profile_counts_the_products_flops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+def test_onnxruntime_profile_counts_the_products_flops(tmp_path: Path, benchmark_module, capsys):
     """benchmarks/onnx_profile.py reads onnxruntime's own profile: products (with FLOPs), convs, the rest.
     Here a real profile of known products: one with a constant weight (onnxruntime prepacks it and leaves
     it out of the profile's shapes) and one whose first operand is transposed (onnxruntime fuses the
@@ -102,7 +93,7 @@ def test_onnxruntime_profile_counts_the_products_flops(tmp_path: Path, monkeypat
     import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
 
-    profiles = benchmark_module("runtime_profiles", monkeypatch)
+    profiles = benchmark_module("runtime_profiles")
     inputs = {"a": np.random.rand(3, 8, 16), "t": np.random.rand(4, 16, 6), "b": np.random.rand(4, 16, 7),
               "c": np.random.rand(2, 4, 50)}
     graph = helper.make_graph(
@@ -133,20 +124,20 @@ def test_onnxruntime_profile_counts_the_products_flops(tmp_path: Path, monkeypat
     slow, fast = profiles.Profile(wall=5.0), profiles.Profile(wall=4.0)
     slow.add("matrix products", 3.0, "A", 300e9)
     fast.add("matrix products", 2.0, "B", 300e9)
-    timings = benchmark_module("timing", monkeypatch).Timings({"slow": [5.0, 5.5], "fast": [4.0, 4.1]})
+    timings = benchmark_module("timing").Timings({"slow": [5.0, 5.5], "fast": [4.0, 4.1]})
     profiles.report({"slow": slow.finish(), "fast": fast.finish()}, timings, top=2)
     printed = capsys.readouterr().out
     assert "median ratio 1.296, gap +1.20 s" in printed
     assert "would take 2.00 s instead of 3.00 s: +1.00 s of that gap is the GEMM kernels' speed" in printed
 
 
-def test_torch_profile_counts_the_products_flops(monkeypatch: pytest.MonkeyPatch):
+def test_torch_profile_counts_the_products_flops(benchmark_module):
     """The same for torch's profiler: mm, addmm, bmm, baddbmm and its in-place form, each run twice."""
     import time
 
     import torch.nn.functional as F
 
-    profiles = benchmark_module("runtime_profiles", monkeypatch)
+    profiles = benchmark_module("runtime_profiles")
     a, b, x, y = torch.randn(8, 16), torch.randn(16, 5), torch.randn(3, 8, 16), torch.randn(3, 16, 5)
     into = torch.zeros(3, 8, 5)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
