@@ -62,7 +62,10 @@ def onnx_product_flops(inputs: Sequence[Sequence[int]], output: Sequence[int]) -
 def onnxruntime_profile(path: str | os.PathLike) -> Profile:
     """The last `model_run` of an onnxruntime profile (the JSON file its `end_profiling` names)."""
     with open(path) as f:
-        events = json.load(f)
+        try:
+            events = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not JSON, as an onnxruntime profile is: {error}") from None
     runs = [e for e in events if e.get("name") == "model_run"]
     if not runs:
         raise ValueError(f"{path} has no model_run event: not an onnxruntime profile of a run")

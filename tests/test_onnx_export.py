@@ -119,6 +119,10 @@ def test_onnxruntime_profile_counts_the_products_flops(tmp_path: Path, benchmark
     assert sum(calls for calls, _, _ in profile.shapes.values()) == 2
     assert profile.seconds["matrix products"] > 0 and profile.seconds["depthwise convs"] > 0
     assert sum(profile.seconds.values()) == pytest.approx(profile.wall)
+    for text, problem in (("[]", "has no model_run event"), ('[{"cat":', "is not JSON")):  # cut short, or no run
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(ValueError, match=f"bad.json {problem}"):
+            profiles.onnxruntime_profile(tmp_path / "bad.json")
 
     # The report on two made-up profiles: the same 300 GFLOP at 100 and at 150 GFLOP/s.
     slow, fast = profiles.Profile(wall=5.0), profiles.Profile(wall=4.0)
