@@ -2,7 +2,8 @@
 
 Prints, for BSMamba2 (paper configuration) on N seconds of stereo 44.1 kHz audio:
 - the machine, torch version and thread count;
-- fp32 matmul GFLOP/s measured in the same run (4096 x 4096 products);
+- fp32 matmul GFLOP/s measured in the same run (4096 x 4096 products, through the library the
+  projections use);
 - analytic forward FLOPs: 2 x multiply-adds of every matrix product of the forward
   (projections, band split and mask MLPs at the real sequence lengths; the SSD products as the
   chunked algorithm needs them, at its chunk lengths); elementwise work is not counted;
@@ -12,10 +13,12 @@ Prints, for BSMamba2 (paper configuration) on N seconds of stereo 44.1 kHz audio
   round, `timing.in_turn`): its time, the ratio to fp32 (the median of the rounds' ratios; target
   on a CPU with native bf16: >= 2x), the SDR of its output against the fp32 output (target
   >= 35 dB), and what `--precision auto` picks on this machine and why;
+- which library multiplies the fp32 projections here (model/projection.py) and, with
+  --compare_cpu_gemm, the fp32 forward with the other one, in turn with the rest, and the ratio;
 - the chunked SSD scan against the sequential recurrence at L = 801 (target >= 50x), with the
   bound the matmul rate puts on that ratio (both forms do about the same arithmetic).
 
-    python benchmarks/model_speed.py [--seconds 8] [--threads N] [--rounds 3]
+    python benchmarks/model_speed.py [--seconds 8] [--threads N] [--rounds 3] [--compare_cpu_gemm]
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ tune_cpu_allocator()  # before torch allocates anything
 import torch  # noqa: E402
 
 from bsmamba2_plugin.model import BSMamba2  # noqa: E402
+from bsmamba2_plugin.model.projection import cpu_gemm, project, using_cpu_gemm  # noqa: E402
 from bsmamba2_plugin.model.ssd import padded_length, ssd_chunked, ssd_sequential  # noqa: E402
 from bsmamba2_plugin.precision import Precision, autocast, resolve_precision  # noqa: E402
 
@@ -41,11 +45,13 @@ from timing import add_rounds_argument, cpu_name, in_turn  # noqa: E402
 
 
 def matmul_gflops(size: int = 4096, repeats: int = 3) -> float:
+    """fp32 GFLOP/s of a (size x size) product through the library the model's projections use."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
+    with torch.inference_mode():
+        project(a, b)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            project(a, b)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
@@ -95,6 +101,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     add_rounds_argument(parser, 3, "one fp32 and one bf16 forward")
+    parser.add_argument("--compare_cpu_gemm", action="store_true",
+                        help="also time, in turn, the fp32 forward with the other CPU GEMM library than the one"
+                             " BSMAMBA2_CPU_GEMM picks here (oneDNN or torch's own, MKL)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -123,7 +132,17 @@ def main() -> None:
         model(audio)
         rss_after = peak_rss_mib()
         bf16_forward()
-        timings = in_turn({"fp32": lambda: model(audio), "bf16": bf16_forward}, rounds=args.rounds, warmup=0)
+        variants = {"fp32": lambda: model(audio), "bf16": bf16_forward}
+        chosen_gemm, gemm_reason = cpu_gemm()
+        other_gemm = "mkl" if chosen_gemm == "onednn" else "onednn"
+        if args.compare_cpu_gemm:
+            def other_fp32_forward() -> torch.Tensor:
+                with using_cpu_gemm(other_gemm):
+                    return model(audio)
+
+            other_fp32_forward()  # its own warm-up
+            variants["fp32 other"] = other_fp32_forward
+        timings = in_turn(variants, rounds=args.rounds, warmup=0)
     fp32_out, bf16_out = timings.outputs["fp32"], timings.outputs["bf16"]
     matmul = matmul_gflops()
     seconds = timings.best("fp32")
@@ -139,6 +158,14 @@ def main() -> None:
           f"{', '.join(f'{r:.2f}x' for r in speedups)}, median {timings.median_ratio('fp32', 'bf16'):.2f}x the fp32"
           f" speed (target >= 2x where bf16 is native); output {sdr:.1f} dB SDR from fp32 (target >= 35 dB)")
     print(f"--precision auto here: {resolve_precision('auto', 'cpu').reason}")
+    print(f"fp32 projections here: {gemm_reason}")
+    if args.compare_cpu_gemm:
+        other_out = timings.outputs["fp32 other"]
+        difference = ((other_out - fp32_out).abs().max() / fp32_out.abs().max()).item()
+        print(f"fp32 forward with {other_gemm} instead: {timings.listed('fp32 other')} s, in turn -> per round "
+              f"{', '.join(f'{r:.2f}x' for r in timings.ratios('fp32 other', 'fp32'))}, median"
+              f" {timings.median_ratio('fp32 other', 'fp32'):.2f}x the time of {chosen_gemm}'s;"
+              f" max relative difference {difference:.1e}")
 
     # One Mamba2 layer's scan over time on an 8 s clip: 62 band sequences, 16 heads x 64, d_state 128.
     length, heads, headdim, d_state, sequences, chunk = 801, 16, 64, 128, 62, 64

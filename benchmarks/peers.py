@@ -92,7 +92,11 @@ def count_flops(model: torch.nn.Module, audio: torch.Tensor) -> int:
     """Matrix-product and convolution FLOPs (2 x multiply-adds) of one forward, as torch counts them."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    from bsmamba2_plugin.model.projection import using_cpu_gemm
+
+    # torch's own products: FlopCounterMode does not count oneDNN's linear, which our float32
+    # projections take on an AMD CPU (model/projection.py); the products are the same.
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter, using_cpu_gemm("mkl"):
         model(audio)
     return counter.get_total_flops()
 

@@ -13,8 +13,9 @@ from timing import Timings
 
 ONNX_PRODUCTS = frozenset({"MatMul", "FusedMatMul", "Gemm"})
 ONNX_CONTAINERS = frozenset({"Scan", "Loop", "If"})  # their time is their nodes' and their own overhead
+TORCH_LINEAR = "mkldnn::_linear_pointwise"  # the fp32 projections through oneDNN (model/projection.py)
 TORCH_PRODUCTS = frozenset({"aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten::baddbmm",
-                            "aten::baddbmm_", "aten::addbmm"})
+                            "aten::baddbmm_", "aten::addbmm", TORCH_LINEAR})
 KINDS = ("matrix products", "depthwise convs", "everything else")
 
 
@@ -89,9 +90,12 @@ def onnxruntime_profile(path: str | os.PathLike) -> Profile:
     return profile.finish()
 
 
-def torch_product_flops(input_shapes: Sequence[Sequence[int]]) -> float:
+def torch_product_flops(input_shapes: Sequence[Sequence[int]], op: str = "aten::mm") -> float:
     """2 x multiply-adds of mm/bmm/addmm/baddbmm from their recorded input shapes: the last two
-    matrices, (..., M, K) and (..., K, N)."""
+    matrices, (..., M, K) and (..., K, N); of oneDNN's linear, x (M, K) and its weight (N, K)."""
+    if op == TORCH_LINEAR:
+        x, weight = input_shapes[:2]
+        return 2.0 * math.prod(x) * weight[0]
     a, b = [s for s in input_shapes if len(s) >= 2][-2:]
     return 2.0 * math.prod(a) * b[-1]
 
@@ -103,7 +107,7 @@ def torch_profile(averages: Iterable, wall: float) -> Profile:
         seconds = event.self_cpu_time_total / 1e6
         if event.key in TORCH_PRODUCTS:
             shapes = [list(s) for s in event.input_shapes]
-            flops = torch_product_flops(shapes) * event.count
+            flops = torch_product_flops(shapes, event.key) * event.count
             label = f"{event.key} {' x '.join(str(tuple(s)) for s in shapes if len(s) >= 2)}"
             profile.add("matrix products", seconds, label, flops, calls=event.count)
         else:

@@ -12,14 +12,19 @@ for mixed precision (bf16 autocast on a CPU; training.amp_dtype on CUDA) in the 
 ratio (target on a CPU with native bf16: >= 1.5x), and the precision the trainer picks here.
 `--compile on` runs both through torch.compile as training.compile does (the first step, the
 compile, is printed apart); `--compile both` measures eager and compiled in the same run.
+Each variant has its own model and optimizer; after their warm-ups they run in turn, one step of
+each per round (`--steps` rounds, `timing.in_turn`), and the ratios are the medians of the rounds'
+ratios, as the host's speed drifts within a run.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import resource
+import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,9 @@ from bsmamba2_plugin.train.ema import WeightEMA  # noqa: E402
 from bsmamba2_plugin.train.loss import PaperLoss  # noqa: E402
 from bsmamba2_plugin.train.optimizers import build_optimizer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import in_turn  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,14 +58,23 @@ def read_config(path: str) -> Any:
         raise SystemExit(f"{Path(sys.argv[0]).name}: {error}") from None
 
 
-def measure_training_step(config: Any, device: torch.device, batch: int, steps: int = 5, warmup: int = 1,
-                          backend: str | None = None, precision: Precision | None = None,
-                          compiled: bool = False) -> dict[str, float]:
-    """Seconds per training step (and peak GPU memory in GiB on CUDA) of `config`'s model on random audio.
+@dataclass
+class TrainingStep:
+    """One variant's training step, ready to run: `run()` does forward, loss, backward, AdamW and EMA
+    (and waits for the GPU on CUDA)."""
+
+    run: Callable[[], None]
+    parameters: int
+    precision: Precision
+
+
+def build_training_step(config: Any, device: torch.device, batch: int, backend: str | None = None,
+                        precision: Precision | None = None, compiled: bool = False) -> TrainingStep:
+    """The trainer's step on `config`'s model and random audio of its chunk size, with its own model,
+    optimizer and EMA, so that variants can run in turn.
 
     `precision`: the autocast of the forward; default, what the trainer picks from training.use_amp.
-    `compiled`: the forward through torch.compile, as training.compile; the first warm-up step's
-    seconds (the compile) are returned as "first_step"."""
+    `compiled`: the forward through torch.compile, as training.compile (the first run compiles)."""
     chunk = int(config.audio.chunk_size)
     if precision is None:
         precision = training_precision(bool(config.training.get("use_amp", False)),
@@ -82,24 +99,27 @@ def measure_training_step(config: Any, device: torch.device, batch: int, steps: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(model)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    first_step = math.nan
-    for i in range(warmup):
-        started = time.perf_counter()
-        step()
-        if i == 0:
-            first_step = time.perf_counter() - started
+    return TrainingStep(step, sum(p.numel() for p in model.parameters()), precision)
+
+
+def measure_training_step(config: Any, device: torch.device, batch: int, steps: int = 5, warmup: int = 1,
+                          backend: str | None = None, precision: Precision | None = None,
+                          compiled: bool = False) -> dict[str, float]:
+    """Seconds per training step (mean of `steps` after `warmup`), and peak GPU memory in GiB on CUDA, of
+    one variant alone (backend_paths.py: each backend's memory on its own)."""
+    step = build_training_step(config, device, batch, backend, precision, compiled)
+    for _ in range(warmup):
+        step.run()
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    result = {"seconds": (time.perf_counter() - start) / steps, "first_step": first_step,
-              "amp": float(precision.dtype is not None),
-              "parameters": sum(p.numel() for p in model.parameters())}
+        step.run()
+    result = {"seconds": (time.perf_counter() - start) / steps, "amp": float(step.precision.dtype is not None),
+              "parameters": step.parameters}
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
@@ -123,6 +143,8 @@ def main() -> None:
         if args.chunk_size < 1:
             p.error(f"--chunk_size {args.chunk_size}: expected a positive number of samples")
         config.audio.chunk_size = args.chunk_size
+    if args.steps < 1:
+        p.error(f"--steps {args.steps}: expected at least 1 timed round")
     if args.compile != "off" and args.warmup < 1:
         p.error(f"--compile {args.compile} needs --warmup >= 1: the first step compiles and is not timed")
     device = torch.device(args.device)
@@ -133,35 +155,53 @@ def main() -> None:
                                       str(config.training.get("amp_dtype", "bfloat16")), device)
     mixed_dtype = trainer_pick.dtype or torch.bfloat16
     mixed = Precision("bf16" if mixed_dtype is torch.bfloat16 else "fp16", mixed_dtype, "benchmark")
-    results = {}
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
+    variants: dict[tuple[str, bool], TrainingStep] = {}
+    first_steps: dict[tuple[str, bool], float] = {}
+    peaks: dict[tuple[str, bool], float] = {}
     for compiled in modes:
         for precision in (Precision("fp32", None, "benchmark"), mixed):
+            key = precision.name, compiled
             try:
-                results[precision.name, compiled] = result = measure_training_step(
-                    config, device, batch, args.steps, args.warmup, args.backend, precision, compiled)
+                variants[key] = step = build_training_step(config, device, batch, args.backend, precision, compiled)
+                for i in range(args.warmup):  # each variant's warm-up (and compile) before any is timed
+                    if device.type == "cuda" and i == args.warmup - 1:
+                        torch.cuda.reset_peak_memory_stats()
+                    started = time.perf_counter()
+                    step.run()
+                    if i == 0:
+                        first_steps[key] = time.perf_counter() - started
+                if device.type == "cuda" and args.warmup:
+                    peaks[key] = torch.cuda.max_memory_allocated() / 2**30
             except TrainingConfigError as error:
                 raise SystemExit(f"{Path(sys.argv[0]).name}: {error}") from None
-            seconds = result["seconds"]
-            print(f"config {Path(args.config).name}: {result['parameters'] / 1e6:.2f} M parameters, batch {batch} x"
-                  f" {chunk / rate:.2f} s, device {device}, {precision.name}{', compiled' if compiled else ''},"
-                  f" backend {args.backend or resolve_backend(None)}, threads {torch.get_num_threads()}")
-            print(f"  {seconds:.3f} s per step = {1 / seconds:.2f} steps/s, {batch / seconds:.2f} training examples/s, "
-                  f"{batch * chunk / rate / seconds:.2f} s of audio per second")
-            if compiled:
-                print(f"  first step (compiling) {result['first_step']:.1f} s")
-            if "peak_gib" in result:
-                print(f"  peak GPU memory {result['peak_gib']:.2f} GiB")
+    # One step of each variant per round: the host's drift in speed reaches all alike.
+    timings = in_turn({key: step.run for key, step in variants.items()}, rounds=args.steps, warmup=0)
+    for (name, compiled), step in variants.items():
+        key = name, compiled
+        seconds = statistics.median(timings.seconds[key])
+        print(f"config {Path(args.config).name}: {step.parameters / 1e6:.2f} M parameters, batch {batch} x"
+              f" {chunk / rate:.2f} s, device {device}, {name}{', compiled' if compiled else ''},"
+              f" backend {args.backend or resolve_backend(None)}, threads {torch.get_num_threads()}")
+        print(f"  {seconds:.3f} s per step (median; rounds {', '.join(f'{t:.3f}' for t in timings.seconds[key])})"
+              f" = {1 / seconds:.2f} steps/s, {batch / seconds:.2f} training examples/s,"
+              f" {batch * chunk / rate / seconds:.2f} s of audio per second")
+        if compiled and key in first_steps:
+            print(f"  first step (compiling) {first_steps[key]:.1f} s")
+        if key in peaks:
+            print(f"  peak GPU memory {peaks[key]:.2f} GiB (its last warm-up step)")
     for compiled in modes:
-        ratio = results["fp32", compiled]["seconds"] / results[mixed.name, compiled]["seconds"]
-        print(f"{mixed.name} / fp32 steps per second{', both compiled' if compiled else ''}: {ratio:.2f}x"
+        ratios = timings.ratios(("fp32", compiled), (mixed.name, compiled))
+        print(f"{mixed.name} / fp32 steps per second{', both compiled' if compiled else ''}: per round"
+              f" {', '.join(f'{r:.2f}x' for r in ratios)}, median {statistics.median(ratios):.2f}x"
               f" (target >= 1.5x where bf16 is native)")
     if len(modes) == 2:
-        print(f"compiled {mixed.name} / eager fp32 steps per second: "
-              f"{results['fp32', False]['seconds'] / results[mixed.name, True]['seconds']:.2f}x")
+        ratios = timings.ratios(("fp32", False), (mixed.name, True))
+        print(f"compiled {mixed.name} / eager fp32 steps per second: median {statistics.median(ratios):.2f}x")
     print(f"the trainer here picks {trainer_pick.reason}")
     if device.type != "cuda":
-        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (the whole process)")
+        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (the whole process,"
+              f" {len(variants)} models with their optimizers)")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .cpu_info import CPUINFO, cpu_flags
+
 PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names, in order of preference
-CPUINFO = "/proc/cpuinfo"
 
 
 @dataclass(frozen=True)
@@ -41,19 +42,6 @@ class Precision:
     name: str  # "fp32", "bf16" or "fp16"
     dtype: torch.dtype | None
     reason: str  # one line for the user, e.g. "bf16 (CPU reports avx512_bf16)"
-
-
-def cpu_flags(cpuinfo: str = CPUINFO) -> frozenset[str] | None:
-    """The CPU feature flags the Linux kernel reports, or None where there is no such file."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):  # x86, ARM
-                    return frozenset(value.split())
-    except OSError:
-        return None
-    return frozenset()
 
 
 def _torch_reports_native_bf16() -> str | None:

@@ -136,15 +136,19 @@ def test_onnxruntime_profile_counts_the_products_flops(tmp_path: Path, benchmark
 
 
 def test_torch_profile_counts_the_products_flops(benchmark_module):
-    """The same for torch's profiler: mm, addmm, bmm, baddbmm and its in-place form, each run twice."""
+    """The same for torch's profiler: mm, addmm, bmm, baddbmm and its in-place form, and the projections
+    through oneDNN's linear (model/projection.py), each run twice."""
     import time
 
     import torch.nn.functional as F
 
+    from bsmamba2_plugin.model.projection import project, using_cpu_gemm
+
     profiles = benchmark_module("runtime_profiles")
     a, b, x, y = torch.randn(8, 16), torch.randn(16, 5), torch.randn(3, 8, 16), torch.randn(3, 16, 5)
     into = torch.zeros(3, 8, 5)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+    with (torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof,
+          using_cpu_gemm("onednn"), torch.inference_mode()):
         start = time.perf_counter()
         for _ in range(2):
             a @ b
@@ -152,11 +156,12 @@ def test_torch_profile_counts_the_products_flops(benchmark_module):
             torch.bmm(x, y)
             torch.baddbmm(into, x, y)
             into.baddbmm_(x, y)
+            project(x, b.t())  # (24 x 16) @ (16 x 5)
             F.conv1d(torch.randn(2, 4, 50), torch.randn(4, 1, 4), groups=4)
         wall = time.perf_counter() - start
     profile = profiles.torch_profile(prof.key_averages(group_by_input_shape=True), wall)
-    assert profile.flops == 2 * 2 * (2 * 8 * 16 * 5 + 3 * 3 * 8 * 16 * 5)
-    assert sum(calls for calls, _, _ in profile.shapes.values()) == 10
+    assert profile.flops == 2 * 2 * (2 * 8 * 16 * 5 + 3 * 3 * 8 * 16 * 5 + 24 * 16 * 5)
+    assert sum(calls for calls, _, _ in profile.shapes.values()) == 12
     assert profile.seconds["depthwise convs"] > 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,18 @@ def test_cli_setup_errors_are_clear(setup, tmp_path, capsys):
         assert cli_main(base + ["--device", "mps"]) == 2
         assert "MPS (Apple's Metal backend) is not available" in capsys.readouterr().err
     assert cli_main(base + ["--device", "cuda"] if not torch.cuda.is_available() else base + ["--device", "tpu"]) == 2
+
+
+def test_cli_names_the_library_of_its_fp32_products(setup, tmp_path, capsys, monkeypatch):
+    config_path, checkpoint, _ = setup
+    sf.write(tmp_path / "track.wav", noise(2, 3000).T, RATE, subtype="FLOAT")
+    monkeypatch.setenv("BSMAMBA2_CPU_GEMM", "mkl")
+    for precision in ("fp32", "bf16"):
+        with warnings.catch_warnings():  # bf16 where this CPU lacks it warns that it will be slow
+            warnings.simplefilter("ignore")
+            assert cli_main(["--config_path", str(config_path), "--start_check_point", str(checkpoint),
+                             "--input_folder", str(tmp_path / "track.wav"), "--store_dir", str(tmp_path / precision),
+                             "--force_cpu", "--precision", precision]) == 0
+        line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("Device: cpu."))
+        products = ", its products through torch's own (MKL on x86) (BSMAMBA2_CPU_GEMM=mkl)."
+        assert (products in line) is (precision == "fp32"), line

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .backend import check_backend, mamba_ssm_kernels, use_mamba_ssm
 from .linear_weight import bias_free_weights, effective_bias, effective_weight
+from .projection import project
 from .ssd import needs_gradients, padded_length, ssd_chunked, ssd_graph
 
 # The PyTorch scan's chunk length. It is not a weight: any chunk gives the same result up to
@@ -282,7 +283,7 @@ def in_projections(m: Mamba2, x: Tensor, w_in: Tensor, batch_shape: Sequence[int
     fp32), and in training no split's backward copies the three gradients into one."""
     w = w_in.to(x.dtype)
     conv_end = m.d_inner + m.conv_dim
-    return tuple((x @ w[start:stop].t()).view(*batch_shape, stop - start)  # type: ignore[return-value]
+    return tuple(project(x, w[start:stop]).view(*batch_shape, stop - start)  # type: ignore[return-value]
                  for start, stop in ((0, m.d_inner), (m.d_inner, conv_end), (conv_end, w.shape[0])))
 
 
@@ -322,8 +323,8 @@ def both_directions(x: Tensor, mixers: Sequence[Mamba2], norm_weights: Sequence[
         out = mix_and_project(m, *in_projections(m, inputs.view(b * padded, d), w_in, (b, padded)), w_out=w_out)
         outputs.append(out[:, :l])
     if fold:
-        return x + F.linear(x, merge_halves[0] + merge_halves[1], merge_bias) + outputs[0] + outputs[1].flip(1)
-    return x + F.linear(torch.cat([x + outputs[0], x + outputs[1].flip(1)], dim=-1), merge_weight, merge_bias)
+        return x + project(x, merge_halves[0] + merge_halves[1], merge_bias) + outputs[0] + outputs[1].flip(1)
+    return x + project(torch.cat([x + outputs[0], x + outputs[1].flip(1)], dim=-1), merge_weight, merge_bias)
 
 
 def _direction_weights(m: Mamba2, norm_weight: Tensor, merge_half: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -396,8 +397,8 @@ def _mix_and_project(m: Mamba2, z: Tensor, xBC: Tensor, dt: Tensor, w_out: Tenso
     w_proj = projection_after_norm(m, w_out).to(z.dtype)
     if g > 1:
         normed = group_rmsnorm(fp32_or_wider(gated), m.norm.weight, m.norm.group_size, m.norm.eps)
-        return normed.to(z.dtype) @ w_proj
-    out = gated.to(z.dtype) @ w_proj
+        return project(normed.to(z.dtype), w_proj.t())
+    out = project(gated.to(z.dtype), w_proj.t())
     return (fp32_or_wider(out) * inv_rms(gated, -1, m.norm.eps)).to(z.dtype)
 
 

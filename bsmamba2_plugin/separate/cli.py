@@ -84,7 +84,12 @@ def describe_separator(separator, files: int | None = None) -> None:
         passes.append("TTA (plain, channel-swapped, polarity-inverted)")
     if settings.bigshifts > 1:
         passes.append(f"bigshifts {settings.bigshifts}")
-    print(f"Device: {separator.device}. Precision: {separator.precision.reason}. "
+    from bsmamba2_plugin.model.projection import cpu_gemm  # imported here: `--help` needs no torch
+
+    precision = separator.precision.reason
+    if str(separator.device) == "cpu" and separator.precision.dtype is None:
+        precision += f", its products through {cpu_gemm()[1]}"
+    print(f"Device: {separator.device}. Precision: {precision}. "
           f"Instruments: {', '.join(separator.instruments)}. Model sample rate: {separator.sample_rate}. "
           f"Chunk {settings.chunk_size}, overlap {settings.num_overlap}, batch {settings.batch_size}. "
           f"Passes per file: {settings.passes}" + (f" ({', '.join(passes)})" if passes else "") + "."
