@@ -74,7 +74,10 @@ def test_project_is_the_linear_map(gemm: str) -> None:
     torch.manual_seed(0)
     weight, bias = torch.randn(48, 32), torch.randn(48)
     x = torch.randn(3, 40, 32)
-    cases = [(x, None), (x, bias), (x[:, ::2], bias), (x.transpose(0, 1), None), (x[0], bias)]  # strided inputs too
+    wide = torch.randn(40, 64)
+    cases = [(x, None), (x, bias), (x[0], bias),  # and strided inputs: rows apart, every other one, transposed
+             (wide[:, :32], bias), (wide[:, ::2], None), (x[:, ::2], bias), (x.transpose(0, 1), None),
+             (torch.randn(32, 40).t(), bias)]
     with P.using_cpu_gemm(gemm), torch.inference_mode():
         for inputs, b in cases:
             torch.testing.assert_close(P.project(inputs, weight, b), F.linear(inputs, weight, b), rtol=1e-5, atol=1e-5)
