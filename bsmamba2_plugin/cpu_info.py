@@ -30,10 +30,11 @@ def cpu_flags(cpuinfo: str = CPUINFO) -> frozenset[str] | None:
     return None if value is None else frozenset(value.split())
 
 
-def cpu_vendor(cpuinfo: str = CPUINFO) -> str:
+def cpu_vendor(cpuinfo: str | None = CPUINFO) -> str:
     """The x86 vendor string ("AuthenticAMD", "GenuineIntel"), from /proc/cpuinfo where there is one,
-    else from the platform's processor description (Windows names it there); "" when unknown."""
-    value = _first_field(cpuinfo, ("vendor_id",))
+    else (no such file, or `cpuinfo` None off Linux) from the platform's processor description (Windows
+    names it there); "" when unknown."""
+    value = None if cpuinfo is None else _first_field(cpuinfo, ("vendor_id",))
     if value:
         return value
     if value is None:  # no /proc/cpuinfo: Windows says e.g. "AMD64 Family 25 Model 17 Stepping 1, AuthenticAMD"

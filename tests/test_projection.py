@@ -46,6 +46,15 @@ def test_auto_is_onednn_on_amd_and_torch_s_own_elsewhere(tmp_path: Path) -> None
         "mkl", "torch's own (MKL on x86) (CPU vendor unknown)")
 
 
+@needs_onednn
+def test_off_linux_auto_asks_the_platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_info.platform, "processor", lambda: "AMD64 Family 25 Model 17 Stepping 1, AuthenticAMD")
+    # the cpuinfo file is not read off Linux, even if one is passed
+    assert P._auto_cpu_gemm.__wrapped__(cpuinfo(tmp_path, INTEL), "win32")[0] == "onednn"
+    monkeypatch.setattr(cpu_info.platform, "processor", lambda: "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel")
+    assert P._auto_cpu_gemm.__wrapped__(cpuinfo(tmp_path, AMD), "win32")[0] == "mkl"
+
+
 def test_the_setting_is_checked_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(P.ENV_VAR, "blas")
     with pytest.raises(ValueError, match="BSMAMBA2_CPU_GEMM='blas' is not a CPU GEMM choice; expected one of "

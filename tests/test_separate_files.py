@@ -219,12 +219,16 @@ def test_cli_single_file_and_default_names(setup, tmp_path):
 
 
 def test_cli_setup_errors_are_clear(setup, tmp_path, capsys):
-    config_path, _, _ = setup
+    config_path, checkpoint, _ = setup
     sf.write(tmp_path / "t.wav", noise(2, 1000).T, RATE)
     base = ["--config_path", str(config_path), "--input_folder", str(tmp_path / "t.wav"),
             "--store_dir", str(tmp_path / "out"), "--device", "cpu"]
     assert cli_main(base + ["--start_check_point", str(tmp_path / "missing.ckpt")]) == 2
     assert "missing.ckpt does not exist" in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BSMAMBA2_CPU_GEMM", "blas")
+        assert cli_main(base + ["--start_check_point", str(checkpoint)]) == 2
+    assert "error: BSMAMBA2_CPU_GEMM='blas' is not a CPU GEMM choice" in capsys.readouterr().err
     other = load_model(write_config(tmp_path / "two.yaml", instruments=("vocals", "other"), stems=2))
     torch.save(other.state_dict(), tmp_path / "two_stems.ckpt")
     assert cli_main(base + ["--start_check_point", str(tmp_path / "two_stems.ckpt")]) == 2

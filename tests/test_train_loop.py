@@ -151,3 +151,17 @@ def test_two_gloo_processes_keep_their_weights_in_sync(tmp_path, compiled):
         assert torch.equal(a["weights"][name], b["weights"][name]), f"{name} differs between processes"
     initial = torch.load(tmp_path / "r" / "last_bsmamba2.ckpt", weights_only=True)
     assert initial["global_step"] == 2 and (tmp_path / "r" / "validation_metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("variable, expected", [
+    ("BSMAMBA2_CPU_GEMM", "BSMAMBA2_CPU_GEMM='blas' is not a CPU GEMM choice; expected one of auto, mkl, onednn"),
+    ("BSMAMBA2_BACKEND", "BSMAMBA2_BACKEND='blas' is not a Mamba2 backend; expected one of auto, torch, mamba_ssm")])
+def test_a_wrong_model_setting_in_the_environment_stops_training_before_it_starts(tmp_path, monkeypatch,
+                                                                                 variable, expected):
+    monkeypatch.setenv(variable, "blas")
+    data = make_tracks(tmp_path / "train", count=2)
+    run = run_train(["--config_path", str(tiny_config(tmp_path / "tiny.yaml")), "--data_path", str(data),
+                     "--results_path", str(tmp_path / "results")])
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"error: {expected}" in run.stderr, run.stderr
+    assert "epoch" not in run.stdout + run.stderr

@@ -49,7 +49,7 @@ def _onednn_linear():
 
 @functools.lru_cache(maxsize=None)
 def _auto_cpu_gemm(cpuinfo: str = CPUINFO, platform: str = sys.platform) -> tuple[str, str]:
-    vendor = cpu_vendor(cpuinfo) if platform.startswith("linux") else cpu_vendor("")
+    vendor = cpu_vendor(cpuinfo if platform.startswith("linux") else None)
     if vendor != "AuthenticAMD":
         return "mkl", f"{LIBRARY_NAMES['mkl']} ({'the CPU is ' + vendor if vendor else 'CPU vendor unknown'})"
     if _onednn_linear() is None:

@@ -107,6 +107,7 @@ class Separator:
         from bsmamba2_plugin.checkpoint import find_run_checkpoint, load_model
         from bsmamba2_plugin.config import load_config
         from bsmamba2_plugin.config_keys import warn_unused_keys
+        from bsmamba2_plugin.model.projection import requested_cpu_gemm
         from bsmamba2_plugin.precision import resolve_precision
 
         if isinstance(config, (str, os.PathLike)):
@@ -122,6 +123,7 @@ class Separator:
             self.config, precision=precision, use_tta=use_tta, bigshifts=bigshifts, num_overlap=num_overlap,
             batch_size=batch_size)
         self.precision = resolve_precision(self.settings.precision, self.device, self.settings.use_amp)
+        requested_cpu_gemm()  # a wrong BSMAMBA2_CPU_GEMM fails here, with the other setup errors
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         if model is None:
             model = load_model(self.config, checkpoint, device="cpu", weights=weights)

@@ -34,6 +34,8 @@ from bsmamba2_plugin.config_keys import warn_unused_keys
 from bsmamba2_plugin.evaluate.scoring import ALWAYS, average
 from bsmamba2_plugin.metrics import METRIC_DIRECTIONS
 from bsmamba2_plugin.model import BSMamba2
+from bsmamba2_plugin.model.backend import resolve_backend
+from bsmamba2_plugin.model.projection import requested_cpu_gemm
 from bsmamba2_plugin.precision import training_precision
 from bsmamba2_plugin.settings import sample_rate, use_amp_setting
 
@@ -132,6 +134,11 @@ class Trainer:
         self.chunk_augmentation = ChunkSizeAugmentation.from_config(self.config)
 
         self.device = self._pick_device()
+        try:  # the environment's model settings, checked before any work rather than at the first forward
+            resolve_backend(None)
+            requested_cpu_gemm()
+        except ValueError as error:
+            raise TrainingConfigError(str(error)) from None
         self.autocast_dtype = self._autocast_dtype(training)
         self.compiled = compile_setting(training, args.compile)
         random.seed(args.seed)
