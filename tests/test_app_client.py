@@ -5,6 +5,7 @@ The real app runs as a subprocess (`python -m bsmamba2_plugin.app`) on a tiny tw
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -40,6 +41,15 @@ def app(tmp_path_factory):
     process.config, process.checkpoint, process.folder = config, checkpoint, folder
     yield process
     process.stop()
+
+
+@pytest.fixture(autouse=True)
+def client_scratch_in_tmp_path(tmp_path, monkeypatch):
+    """gradio_client downloads each file through a new folder under tempfile.gettempdir() and leaves the
+    folder behind, empty: keep those in the test's own folder rather than in /tmp."""
+    scratch = tmp_path / "gradio_client_scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
 
 def client(app, tmp_path: Path, name: str):
