@@ -177,8 +177,8 @@ def main() -> None:
                 raise SystemExit(f"{Path(sys.argv[0]).name}: {error}") from None
     # One step of each variant per round: the host's drift in speed reaches all alike.
     timings = in_turn({key: step.run for key, step in variants.items()}, rounds=args.steps, warmup=0)
-    for (name, compiled), step in variants.items():
-        key = name, compiled
+    for key, step in variants.items():
+        name, compiled = key
         seconds = statistics.median(timings.seconds[key])
         print(f"config {Path(args.config).name}: {step.parameters / 1e6:.2f} M parameters, batch {batch} x"
               f" {chunk / rate:.2f} s, device {device}, {name}{', compiled' if compiled else ''},"

@@ -31,12 +31,16 @@ ENV_VAR = "BSMAMBA2_CPU_GEMM"
 LIBRARY_NAMES = {"mkl": "torch's own (MKL on x86)", "onednn": "oneDNN"}
 
 
+def check_cpu_gemm(name: str, origin: str = ENV_VAR) -> str:
+    """`name` if it is one of CPU_GEMMS; otherwise a ValueError naming `origin`, the value and the choices."""
+    if name not in CPU_GEMMS:
+        raise ValueError(f"{origin}={name!r} is not a CPU GEMM choice; expected one of {', '.join(CPU_GEMMS)}")
+    return name
+
+
 def requested_cpu_gemm() -> str:
-    """`BSMAMBA2_CPU_GEMM`, checked: one of CPU_GEMMS (read at every call, as the backend setting is)."""
-    value = os.environ.get(ENV_VAR, "auto")
-    if value not in CPU_GEMMS:
-        raise ValueError(f"{ENV_VAR}={value!r} is not a CPU GEMM choice; expected one of {', '.join(CPU_GEMMS)}")
-    return value
+    """`BSMAMBA2_CPU_GEMM`, checked (read at every call, as the backend setting is)."""
+    return check_cpu_gemm(os.environ.get(ENV_VAR, "auto"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,8 +76,7 @@ def cpu_gemm() -> tuple[str, str]:
 @contextlib.contextmanager
 def using_cpu_gemm(name: str) -> Iterator[None]:
     """`BSMAMBA2_CPU_GEMM` set to `name` inside the block (benchmarks comparing the libraries in one run)."""
-    if name not in CPU_GEMMS:
-        raise ValueError(f"{name!r} is not a CPU GEMM choice; expected one of {', '.join(CPU_GEMMS)}")
+    check_cpu_gemm(name, "using_cpu_gemm")
     before = os.environ.get(ENV_VAR)
     os.environ[ENV_VAR] = name
     try:

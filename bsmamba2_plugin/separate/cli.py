@@ -87,7 +87,7 @@ def describe_separator(separator, files: int | None = None) -> None:
     from bsmamba2_plugin.model.projection import cpu_gemm  # imported here: `--help` needs no torch
 
     precision = separator.precision.reason
-    if str(separator.device) == "cpu" and separator.precision.dtype is None:
+    if separator.device.type == "cpu" and separator.precision.dtype is None:
         precision += f", its products through {cpu_gemm()[1]}"
     print(f"Device: {separator.device}. Precision: {precision}. "
           f"Instruments: {', '.join(separator.instruments)}. Model sample rate: {separator.sample_rate}. "
