@@ -5,7 +5,8 @@ CPUs. oneDNN, which torch also ships (it already runs torch's bf16 products and 
 does not look at the vendor. On a 2-core AMD EPYC (Zen 4) it ran the paper model's projection
 shapes 1.1x to 1.7x as fast as MKL and its float32 forward 1.17x (`benchmarks/model_speed.py
 --compare_cpu_gemm`; README, "float32 products on AMD CPUs"); with both libraries held to AVX2, as
-on Zen 2 and Zen 3, 1.05x. Projections are 81 % of the model's FLOPs.
+on Zen 2 and Zen 3, 1.05x. On a 2-core Intel Xeon the same forward took 1.08x as long through oneDNN
+as through MKL, so Intel CPUs keep MKL. Projections are 81 % of the model's FLOPs.
 
 `BSMAMBA2_CPU_GEMM` picks the library: `auto` (default: oneDNN on AMD CPUs, torch's own choice,
 MKL, elsewhere), `mkl` (torch's own choice everywhere) or `onednn`. Only inference takes the oneDNN
