@@ -2,7 +2,8 @@
 
 `warn_unused_keys(config, source)` warns once per key (per process) that is in none of these
 lists, naming its dotted path (``augmentations.mp3_compression_on_mixture``) and the file, so no
-key is ever ignored without a word. Keys that MSST reads for its other models and that have no
+key is ever ignored without a word (the model section's keys are BSMamba2's own to refuse, with the
+list of those it takes, whenever a model is built). Keys that MSST reads for its other models and that have no
 meaning for BSMamba2 are listed under `NO_EFFECT` with the reason; they warn only when set to a
 value that would change MSST's behaviour (so a shipped MSST config stays quiet).
 """
@@ -78,8 +79,8 @@ def unused_keys(config: Any) -> list[tuple[str, str]]:
         if name not in READ:
             found.append((name, "unknown section"))
             continue
-        if name in FREE_FORM or not _is_section(section):
-            continue
+        if name in FREE_FORM or name == "model" or not _is_section(section):
+            continue  # BSMamba2's constructor refuses an unknown model key itself: an error, not "ignored"
         for key in _keys(section):
             path = f"{name}.{key}"
             value = section[key]

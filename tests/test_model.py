@@ -243,6 +243,20 @@ def test_config_errors_name_the_key() -> None:
         BSMamba2(**{**TINY, "freqs_per_bands": (64, 64)})
     with pytest.raises(Exception, match="dim"):  # beartype: a string where an int is due
         BSMamba2(**{**TINY, "dim": "32"})
+    with pytest.raises(ValueError, match=r"the model section: .*parameter dim='32'"):  # from a config: one kind
+        BSMamba2.from_config({"model": {**TINY, "dim": "32"}})
+    refused = {"dim": (0, "0"), "depth": (0, "0"), "num_stems": (0, "0"), "stft_hop_length": (0, "0"),
+               "stft_win_length": (-1, "-1"), "multi_stft_hop_size": (0, "0"),
+               "multi_stft_resolutions_window_sizes": ((1024, 0), "0")}  # (value, what the message shows)
+    for key, (value, shown) in refused.items():
+        with pytest.raises(ValueError, match=rf"model\.{key} must be a positive integer, got {shown}$"):
+            BSMamba2(**{**TINY, key: value})
+    with pytest.raises(ValueError, match=r"model\.dim=24: .*a multiple of 16"):
+        BSMamba2(**{**TINY, "dim": 24})
+    with pytest.raises(ValueError, match=r"model\.stft_win_length=\d+ exceeds model\.stft_n_fft"):
+        BSMamba2(**{**TINY, "stft_win_length": TINY["stft_n_fft"] * 2})
+    with pytest.raises(ValueError, match=r"model\.mask_estimator_depth must be 0 or more, got -1"):
+        BSMamba2(**{**TINY, "mask_estimator_depth": -1})
 
 
 def test_msst_section_is_taken_unchanged() -> None:

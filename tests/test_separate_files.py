@@ -244,6 +244,14 @@ def test_cli_setup_errors_are_clear(setup, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(base + ["--bigshifts", "0"])
     assert "--bigshifts must be 1 or more" in capsys.readouterr().err
+    typo = yaml.safe_load(config_path.read_text())
+    typo["model"]["dimm"] = 32
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(typo))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli_main(base[:1] + [str(tmp_path / "typo.yaml")] + base[2:]) == 2
+    assert "error: unknown key(s) in the model section: model.dimm; BSMamba2 takes" in capsys.readouterr().err
+    assert not [w for w in caught if "dimm" in str(w.message)]  # refused, not also called "ignored"
     if not torch.backends.mps.is_available():
         assert cli_main(base + ["--device", "mps"]) == 2
         assert "MPS (Apple's Metal backend) is not available" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from bsmamba2_plugin.train.cli import parse_args
 from bsmamba2_plugin.train.loss import PaperLoss
 from bsmamba2_plugin.train.trainer import EpochBatches
-from train_fixtures import RATE, make_tracks, run_train, tiny_config
+from train_fixtures import RATE, make_tracks, run_train, tiny_config, with_keys
 
 
 def test_paper_loss_matches_its_definition():
@@ -165,3 +165,17 @@ def test_a_wrong_model_setting_in_the_environment_stops_training_before_it_start
     assert run.returncode == 2, run.stdout + run.stderr
     assert f"error: {expected}" in run.stderr, run.stderr
     assert "epoch" not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("model_keys, expected", [
+    ({"dimm": 32}, "unknown key(s) in the model section: model.dimm; BSMamba2 takes"),
+    ({"depth": 0}, "model.depth must be a positive integer, got 0"),
+    ({"stereo": "yes"}, "the model section: Method bsmamba2_plugin.model.bsmamba2.BSMamba2.__init__() "
+                        "parameter stereo='yes'")])
+def test_a_wrong_model_value_stops_training_with_one_line(tmp_path, model_keys, expected):
+    data = make_tracks(tmp_path / "train", count=2)
+    config = with_keys(tiny_config(tmp_path / "tiny.yaml"), model=model_keys)
+    run = run_train(["--config_path", str(config), "--data_path", str(data), "--results_path", str(tmp_path / "r")])
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"error: {config}: {expected}" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and "is ignored" not in run.stderr, run.stderr

@@ -23,11 +23,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from beartype import BeartypeConf, beartype
+from beartype.roar import BeartypeCallHintViolation
 from torch import Tensor, nn
 
+from ..settings import positive_int
 from .backend import check_backend, use_mamba_ssm
 from .linear_weight import is_linear, stacked_linear
-from .mamba2 import Mamba2, RMSNorm, both_directions, fp32_or_wider
+from .mamba2 import HEADDIM, Mamba2, RMSNorm, both_directions, fp32_or_wider
 
 # BS-RoFormer's split of 1025 bins (n_fft 2048): 24 x 2, 12 x 4, 8 x 12, 8 x 24, 8 x 48, 128, 129.
 DEFAULT_FREQS_PER_BANDS = (2,) * 24 + (4,) * 12 + (12,) * 8 + (24,) * 8 + (48,) * 8 + (128, 129)
@@ -212,6 +214,20 @@ class BSMamba2(nn.Module):
         for key, value in (("time_module_depth", time_module_depth), ("freq_module_depth", freq_module_depth)):
             if value != 1:  # MSST's bs_mamba2 ignores these for mamba2; so do we, to stay weight-compatible
                 warnings.warn(f"model.{key}={value} is ignored: each direction has one Mamba2 block, as in MSST")
+        for key, value in (("dim", dim), ("depth", depth), ("num_stems", num_stems), ("stft_n_fft", stft_n_fft),
+                           ("stft_hop_length", stft_hop_length), ("stft_win_length", stft_win_length),
+                           ("multi_stft_hop_size", multi_stft_hop_size),
+                           *(("multi_stft_resolutions_window_sizes", size)
+                             for size in multi_stft_resolutions_window_sizes)):
+            positive_int(value, f"model.{key}")
+        if MAMBA2_EXPAND * dim % HEADDIM:
+            raise ValueError(f"model.dim={dim}: the Mamba2 blocks split {MAMBA2_EXPAND} x dim channels into heads of "
+                             f"{HEADDIM}, so dim must be a multiple of {HEADDIM // MAMBA2_EXPAND} (paper: 256)")
+        if stft_win_length > stft_n_fft:
+            raise ValueError(f"model.stft_win_length={stft_win_length} exceeds model.stft_n_fft={stft_n_fft}; "
+                             "the STFT window must fit in its frame")
+        if mask_estimator_depth < 0:  # 0 builds the same one-layer MLP as 1, as in MSST
+            raise ValueError(f"model.mask_estimator_depth must be 0 or more, got {mask_estimator_depth}")
         n_bins = stft_n_fft // 2 + 1
         if sum(freqs_per_bands) != n_bins or len(freqs_per_bands) < 2:
             raise ValueError(
@@ -251,7 +267,10 @@ class BSMamba2(nn.Module):
         model_section = config["model"] if "model" in config else None
         if model_section is None:
             raise KeyError("the config has no 'model' section")
-        return cls(**{**dict(model_section), **overrides})
+        try:
+            return cls(**{**dict(model_section), **overrides})
+        except BeartypeCallHintViolation as error:  # a value of the wrong type: a ValueError, as the others
+            raise ValueError(f"the model section: {error}") from None
 
     def set_backend(self, backend: str | None) -> None:
         """Choose the Mamba2 implementation for every block (None: BSMAMBA2_BACKEND or auto)."""

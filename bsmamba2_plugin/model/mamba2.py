@@ -88,6 +88,9 @@ def inv_rms(x: Tensor, dim: int, eps: float) -> Tensor:
     return torch.rsqrt(norm.square() / x.shape[dim] + eps)
 
 
+HEADDIM = 64  # mamba-ssm's default head size
+
+
 class Mamba2(nn.Module):
     def __init__(
         self,
@@ -95,7 +98,7 @@ class Mamba2(nn.Module):
         d_state: int = 128,
         d_conv: int = 4,
         expand: int = 2,
-        headdim: int = 64,
+        headdim: int = HEADDIM,
         ngroups: int = 1,
         A_init_range: tuple[float, float] = (1, 16),
         dt_min: float = 0.001,

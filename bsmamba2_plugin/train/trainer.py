@@ -145,7 +145,10 @@ class Trainer:
         np.random.seed(args.seed)
         torch.manual_seed(args.seed)
 
-        self.model = BSMamba2.from_config(self.config).to(self.device)
+        try:
+            self.model = BSMamba2.from_config(self.config).to(self.device)
+        except ValueError as error:  # a model value BSMamba2 refuses, named by it
+            raise TrainingConfigError(f"{args.config_path}: {error}") from None
         if args.start_check_point:
             self._load_start_weights(args.start_check_point)
         self.lora: WeightSpaceLoRA | PeftLoRA | None = self._attach_lora()
