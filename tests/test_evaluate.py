@@ -98,6 +98,23 @@ def test_cli_writes_csv_table_and_png_and_reports_broken_tracks(tmp_path, capsys
     assert "| vocals | 2 |" in (tmp_path / "report" / "summary.txt").read_text()
 
 
+def test_stems_of_another_length_than_the_mixture_or_estimate(tmp_path):
+    make_dataset(tmp_path, names=("A - one", "B - two"))
+    vocals = tmp_path / "test" / "B - two" / "vocals.wav"
+    sf.write(vocals, sf.read(vocals, dtype="float32")[0][:RATE], RATE, subtype="FLOAT")  # 1 s of 4 s
+    with pytest.warns(UserWarning, match=rf"B - two.vocals.wav has {4 * RATE + 500} samples, the reference "
+                                         rf".*B - two.vocals.wav {RATE}: scored over the first {RATE}"):
+        evaluation = evaluate_tracks(find_tracks([tmp_path / "test"]), estimates_folder=tmp_path / "estimates",
+                                     stems=["vocals"])
+    assert [s.track for s in evaluation.scores] == ["A - one", "B - two"] and evaluation.failed == {}
+    torch.manual_seed(0)
+    separator = Separator(_tiny_config(tmp_path / "c.yaml"), device="cpu")
+    evaluation = evaluate_tracks(find_tracks([tmp_path / "test"]), separator=separator, stems=["vocals"])
+    assert [s.track for s in evaluation.scores] == ["A - one"]
+    assert evaluation.failed["B - two"] == (f"ValueError: {vocals} has {RATE} samples, {vocals.parent / 'mixture.wav'} "
+                                            f"{4 * RATE + 500}: a track's stems must be as long as its mixture")
+
+
 def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     code = evaluate_main(["--valid_path", str(tmp_path / "nowhere"), "--estimates_folder", str(tmp_path),
                           "--instruments", "vocals", "--store_dir", str(tmp_path / "r")])

@@ -10,6 +10,7 @@ from bsmamba2_plugin.train.activity import ActivityCheck
 from bsmamba2_plugin.train.dataset import COUNTER_NAMES, MSSTrainingDataset
 from bsmamba2_plugin.train.demo_data import DemoSpec, ensure_demo_dataset
 from bsmamba2_plugin.train.errors import TrainingDataError
+from bsmamba2_plugin.train.validation import find_validation_tracks
 from train_fixtures import RATE, make_tracks, run_train, tiny_config
 
 
@@ -109,6 +110,19 @@ def test_empty_or_missing_data_path_is_an_error(tmp_path):
         dataset(tmp_path, [tmp_path / "empty"])
     with pytest.raises(TrainingDataError, match="does not exist"):
         dataset(tmp_path, [tmp_path / "nowhere"])
+
+
+def test_validation_tracks_are_checked_at_start(tmp_path):
+    valid = make_tracks(tmp_path / "valid", count=2, with_mixture=True)
+    assert len(find_validation_tracks([str(valid)], ["vocals", "other"], RATE)) == 2
+    other = valid / "track_1" / "other.wav"
+    sf.write(other, sf.read(other, dtype="float32")[0][:100], RATE, subtype="FLOAT")
+    with pytest.raises(TrainingDataError, match=rf"validation file {other} has 100 samples, "
+                                                rf"{valid / 'track_1' / 'mixture.wav'} {RATE // 2}: a track's stems"):
+        find_validation_tracks([str(valid)], ["vocals", "other"], RATE)
+    assert len(find_validation_tracks([str(valid)], ["vocals"], RATE)) == 2  # other not validated: not read
+    with pytest.raises(TrainingDataError, match=rf"is at {RATE} Hz, the config's audio.sample_rate is 16000 Hz"):
+        find_validation_tracks([str(valid)], ["vocals"], 16000)
 
 
 def test_command_line_reports_data_errors_clearly(tmp_path):

@@ -1,10 +1,10 @@
 """Evaluating a model (or a folder of estimates) over a set of tracks."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
-
 
 from bsmamba2_plugin.evaluate.scoring import StemScore, score_stem
 from bsmamba2_plugin.evaluate.track_folders import TrackFolder, read_audio
@@ -50,6 +50,7 @@ def evaluate_tracks(
         try:
             if separator is not None:
                 mixture, rate = read_audio(track.mixture_path)
+                mixture_length = mixture.shape[1]
                 # --duration: each N-second segment one model input on its own (the paper's
                 # input-length study); only whole segments are separated and scored
                 estimates = separator.separate(mixture, rate, segment_seconds=duration, progress=progress)
@@ -57,14 +58,23 @@ def evaluate_tracks(
                 mixture = mixture[:, :length]
             else:
                 mixture = read_audio(track.mixture_path)[0] if "log_wmse" in metrics else None
-                estimates, length, rate = {}, None, None
+                estimates, length, rate, files = {}, None, None, {}
                 for stem in stems:
-                    estimates[stem], rate = read_audio(_estimate_file(estimates_folder, track, stem))
+                    files[stem] = _estimate_file(estimates_folder, track, stem)
+                    estimates[stem], rate = read_audio(files[stem])
             rows = []
             for stem in stems:
                 reference, reference_rate = read_audio(track.stem_path(stem))
                 if reference_rate != rate:
                     raise ValueError(f"{track.stem_path(stem)} is at {reference_rate} Hz, the mixture at {rate} Hz")
+                if separator is not None and reference.shape[1] != mixture_length:
+                    # (MSST's valid.py stops on the shapes' mismatch; here the track fails, the rest go on)
+                    raise ValueError(f"{track.stem_path(stem)} has {reference.shape[1]} samples, {track.mixture_path} "
+                                     f"{mixture_length}: a track's stems must be as long as its mixture")
+                if separator is None and reference.shape[1] != estimates[stem].shape[1]:
+                    warnings.warn(f"{files[stem]} has {estimates[stem].shape[1]} samples, the reference "
+                                  f"{track.stem_path(stem)} {reference.shape[1]}: scored over the first "
+                                  f"{min(reference.shape[1], estimates[stem].shape[1])}", UserWarning, stacklevel=2)
                 if length is not None:
                     reference = reference[:, :length]
                 rows.append(score_stem(track.name, stem, reference, estimates[stem], rate, silence_threshold_db,

@@ -57,17 +57,23 @@ def find_validation_tracks(valid_paths: list[str], instruments: list[str], sampl
     import soundfile as sf
 
     for track in tracks:
+        mixture_frames = None
         for path in [track.mixture_path] + [track.stem_path(i) for i in instruments]:
             if not path.is_file():
                 raise TrainingDataError(f"validation track {track.folder} has no {path.name} (needed for {instruments})")
             try:
-                rate = sf.info(str(path)).samplerate
+                info = sf.info(str(path))
             except Exception as error:  # noqa: BLE001
                 raise TrainingDataError(f"validation file {path} cannot be read: {error}") from error
-            if rate != sample_rate:
+            if info.samplerate != sample_rate:
                 raise TrainingDataError(
-                    f"validation file {path} is at {rate} Hz, the config's audio.sample_rate is {sample_rate} Hz"
+                    f"validation file {path} is at {info.samplerate} Hz, the config's audio.sample_rate is "
+                    f"{sample_rate} Hz"
                 )
+            mixture_frames = info.frames if mixture_frames is None else mixture_frames
+            if info.frames != mixture_frames:
+                raise TrainingDataError(f"validation file {path} has {info.frames} samples, {track.mixture_path} "
+                                        f"{mixture_frames}: a track's stems must be as long as its mixture")
     return tracks
 
 
