@@ -27,7 +27,7 @@ tune_cpu_allocator()
 import torch  # noqa: E402
 
 from bsmamba2_plugin.model import BSMamba2  # noqa: E402
-from bsmamba2_plugin.onnx_export import OnnxChunkModel, export_onnx, frames_for  # noqa: E402
+from bsmamba2_plugin.onnx_export import OnnxChunkModel, export_onnx, frames_for, samples_argument  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import add_rounds_argument, cpu_name, in_turn  # noqa: E402
@@ -36,12 +36,7 @@ from train_throughput import read_config  # noqa: E402
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--chunk_size and --config, as both ONNX benchmarks take them."""
-    def samples(text: str) -> int:
-        if not text.isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"expected a positive whole number of samples, got {text!r}")
-        return int(text)
-
-    parser.add_argument("--chunk_size", type=samples, default=352800, help="samples per chunk (paper: 8 s)")
+    parser.add_argument("--chunk_size", type=samples_argument, default=352800, help="samples per chunk (paper: 8 s)")
     parser.add_argument("--config", default=None, help="an MSST YAML; default: the paper model")
 
 

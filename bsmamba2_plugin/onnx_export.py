@@ -283,31 +283,43 @@ class OnnxSeparator(Separator):
         return self.chunk_model(audio)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from .checkpoint import load_model
-    from .config import load_config
+def samples_argument(text: str) -> int:
+    """A command line's chunk length: a positive whole number of samples (an argparse type)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number of samples, got {text!r}")
+    return int(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import CheckpointError, load_model
+    from .config import ConfigError, load_config
 
     parser = argparse.ArgumentParser(prog="python -m bsmamba2_plugin.onnx_export", description=__doc__.split("\n")[0])
     parser.add_argument("--config_path", required=True, help="MSST bs_mamba2 YAML config")
     parser.add_argument("--start_check_point", default=None, help="checkpoint (.ckpt/.pt/.safetensors); none: random")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--chunk_size", type=int, default=None,
+    parser.add_argument("--chunk_size", type=samples_argument, default=None,
                         help="samples per chunk the graph takes (default: the config's audio.chunk_size)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     args = parser.parse_args(argv)
-    config = load_config(args.config_path)
-    chunk = args.chunk_size
-    if chunk is None:
-        audio = config.get("audio") if hasattr(config, "get") else None
-        chunk = None if audio is None else audio.get("chunk_size")
+    try:
+        config = load_config(args.config_path)
+        chunk = args.chunk_size
         if chunk is None:
-            parser.error(f"{args.config_path} has no audio.chunk_size; pass --chunk_size")
-    if args.start_check_point is None:
-        print("no --start_check_point: exporting randomly initialised weights", file=sys.stderr)
-    model = load_model(config, args.start_check_point)
-    written = export_onnx(model, args.output, chunk_samples=int(chunk), opset=args.opset, config=config)
+            audio = config.get("audio") if hasattr(config, "get") else None
+            chunk = None if audio is None else audio.get("chunk_size")
+            if chunk is None:
+                parser.error(f"{args.config_path} has no audio.chunk_size; pass --chunk_size")
+        if args.start_check_point is None:
+            print("no --start_check_point: exporting randomly initialised weights", file=sys.stderr)
+        model = load_model(config, args.start_check_point)
+        written = export_onnx(model, args.output, chunk_samples=int(chunk), opset=args.opset, config=config)
+    except (CheckpointError, ConfigError, ValueError, OSError) as error:  # setup errors: one line, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {written} ({frames_for(model.stft_kwargs, int(chunk))} STFT frames = {chunk} samples per chunk)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -329,6 +329,25 @@ def test_graph_does_not_grow_with_chunks(exported, tmp_path: Path, monkeypatch: 
     assert relative_error(OnnxChunkModel(other)(audio), reference) < 1e-4
 
 
+def test_cli_setup_errors_are_one_line(tmp_path: Path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("audio:\n  chunk_size: 3000\nmodel:\n"
+                      + "".join(f"  {key}: {list(value) if isinstance(value, tuple) else value}\n"
+                                for key, value in TINY.items()))
+    base = ["--config_path", str(config), "--output", str(tmp_path / "out.onnx")]
+    with pytest.raises(SystemExit):
+        main(base + ["--chunk_size", "0"])
+    assert "--chunk_size: expected a positive whole number of samples, got '0'" in capsys.readouterr().err
+    cases = {("--output", str(tmp_path / "nowhere" / "x.onnx")): "error: the folder of the ONNX output",
+             ("--start_check_point", str(tmp_path / "missing.ckpt")): "missing.ckpt does not exist",
+             ("--config_path", str(tmp_path / "none.yaml")): "none.yaml does not exist"}
+    for (flag, value), expected in cases.items():
+        assert main(base + [flag, value]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.onnx").exists()
+
+
 @pytest.mark.slow
 def test_cli_exports_a_config_and_checkpoint(tmp_path: Path, capsys):
     """The command line on a mono one-stem config and a saved checkpoint (a second export: ~30 s)."""
@@ -346,7 +365,7 @@ def test_cli_exports_a_config_and_checkpoint(tmp_path: Path, capsys):
         + f"  freqs_per_bands: !!python/tuple [{bands}]\n  stereo: false\n  num_stems: 1\n"
     )
     output = tmp_path / "cli.onnx"
-    main(["--config_path", str(config), "--start_check_point", str(checkpoint), "--output", str(output)])
+    assert main(["--config_path", str(config), "--start_check_point", str(checkpoint), "--output", str(output)]) == 0
     assert "3000 samples per chunk" in capsys.readouterr().out
     separator = OnnxSeparator(output)
     assert separator.sample_rate == 8000 and separator.instruments == ["vocals"]
