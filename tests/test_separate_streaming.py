@@ -80,3 +80,24 @@ def test_stream_command_from_stdin(tmp_path):
          "--device", "cpu"], input=b"", capture_output=True, timeout=120,
     )
     assert wrong.returncode == 2 and b"44100 Hz but the model runs at 8000 Hz" in wrong.stderr
+
+
+def test_stream_command_setup_errors(tmp_path, capsys):
+    from bsmamba2_plugin.separate.stream import main as stream_main
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        **{k: dict(v) for k, v in config(2).items()},
+        "model": {"dim": 16, "depth": 1, "stft_n_fft": 256, "stft_hop_length": 64, "stft_win_length": 256,
+                  "freqs_per_bands": [32, 32, 65], "mask_estimator_depth": 1}}))
+    base = ["--config_path", str(tmp_path / "c.yaml"), "--store_dir", str(tmp_path / "out"), "--device", "cpu"]
+    refused = {("--input", "-", "--block_seconds", "0"): "--block_seconds must be positive seconds, got 0.0",
+               ("--input", "-", "--block_seconds", "nan"): "--block_seconds must be positive seconds, got nan",
+               ("--input", "-", "--sample_rate", "0"): "--sample_rate must be 1 or more, got 0",
+               ("--input", "-", "--channels", "-2"): "--channels must be 1 or more, got -2"}
+    for args, expected in refused.items():
+        with pytest.raises(SystemExit):
+            stream_main(base + list(args))
+        assert expected in capsys.readouterr().err
+    assert stream_main(base + ["--input", str(tmp_path / "nope.wav")]) == 2
+    assert f"error: --input {tmp_path / 'nope.wav'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

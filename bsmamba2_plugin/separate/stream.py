@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: bf16 where the device multiplies it natively, else fp32 "
                              "(default: inference.precision in the YAML, else auto)")
     args = parser.parse_args(argv)
+    if not args.block_seconds > 0:  # (NaN too)
+        parser.error(f"--block_seconds must be positive seconds, got {args.block_seconds}")
+    for flag, value in (("--sample_rate", args.sample_rate), ("--channels", args.channels)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be 1 or more, got {value}")
 
     from bsmamba2_plugin.separate.cli import describe_separator
     from bsmamba2_plugin.separate.separator import Separator
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                                 max(1, int(args.block_seconds * stream_rate)))
             name = args.name or "stream"
         else:
+            if not Path(args.input).is_file():
+                raise FileNotFoundError(f"--input {args.input} does not exist (a file, or - for raw PCM on stdin)")
             info = sf.info(args.input)
             stream_rate, channels = info.samplerate, info.channels
             blocks = (b.T for b in sf.blocks(args.input, blocksize=max(1, int(args.block_seconds * stream_rate)),
