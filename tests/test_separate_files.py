@@ -244,6 +244,10 @@ def test_cli_setup_errors_are_clear(setup, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(base + ["--bigshifts", "0"])
     assert "--bigshifts must be 1 or more" in capsys.readouterr().err
+    for template, expected in (("{nope}", "uses unknown field(s) nope"), ("../{instr}", "gives an unsafe path")):
+        assert cli_main(base + ["--start_check_point", str(checkpoint), "--filename_template", template]) == 2
+        assert f"error: filename_template {template!r} {expected}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     typo = yaml.safe_load(config_path.read_text())
     typo["model"]["dimm"] = 32
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump(typo))

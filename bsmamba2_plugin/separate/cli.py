@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bsmamba2_plugin.separate.output_naming import DEFAULT_TEMPLATE, OutputFormat
+from bsmamba2_plugin.separate.output_naming import DEFAULT_TEMPLATE, OutputFormat, check_template
 
 UNSUPPORTED = {  # MSST flags this command does not implement, refused rather than ignored
     "lora_checkpoint_peft": "",
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         output_format.subtype  # noqa: B018 - validates the format before the model loads
+        check_template(args.filename_template)
         inputs = list_inputs(Path(args.input_folder))
         if not inputs:
             raise ValueError(f"--input_folder {args.input_folder} holds no files to separate")

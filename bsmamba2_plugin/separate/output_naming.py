@@ -54,6 +54,12 @@ def output_path(template: str, store_dir: Path, file_extension: str, fields: dic
     return store_dir.joinpath(*parts[:-1], f"{parts[-1]}.{file_extension}")
 
 
+def check_template(template: str) -> None:
+    """The ValueError `output_path` would raise for every file (an unknown field, bad braces, an empty or
+    escaping name), raised before any file is separated."""
+    output_path(template, Path("."), "wav", template_fields(Path("song.wav"), "vocals", "bsmamba2", "model", 0))
+
+
 def template_fields(relative_input: Path, instrument: str, model_type: str, model_name: str,
                     start_time: int) -> dict[str, str]:
     directory = relative_input.parent.as_posix()

@@ -21,7 +21,7 @@ from bsmamba2_plugin.separate.audio_input import AudioInputError, open_audio
 from bsmamba2_plugin.separate.audio_pipeline import ArraySource, StemArrays, StemOutput, prepare_input
 from bsmamba2_plugin.separate.device import resolve_device
 from bsmamba2_plugin.separate.model_runner import ModelRunner
-from bsmamba2_plugin.separate.output_naming import DEFAULT_TEMPLATE, FileJob, OutputFormat
+from bsmamba2_plugin.separate.output_naming import DEFAULT_TEMPLATE, FileJob, OutputFormat, check_template
 from bsmamba2_plugin.separate.overlap_add import ChunkSchedule, OverlapAdd, stream_source
 from bsmamba2_plugin.separate.passes import msst_passes, run_passes
 from bsmamba2_plugin.separate.stem_writer import StemFiles, WithSpectrograms
@@ -287,7 +287,9 @@ class Separator:
         on_file: Callable[[Path], Progress | None] | None = None,
         **options: Any,
     ) -> FolderReport:
-        """Every file under ``input_path``; a failing file is recorded and the rest still run."""
+        """Every file under ``input_path``; a failing file is recorded and the rest still run (a
+        filename_template that fails for any file raises first)."""
+        check_template(options.get("filename_template", DEFAULT_TEMPLATE))
         input_path = Path(input_path)
         root = input_path if input_path.is_dir() else input_path.parent
         report = FolderReport()
