@@ -8,8 +8,9 @@ command line rather than in the YAML (TTA, bigshifts) are fields too, set per ca
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
 DEFAULT_SAMPLE_RATE = 44100  # MSST: getattr(config.audio, "sample_rate", 44100)
@@ -46,10 +47,38 @@ def use_amp_setting(training: Any) -> bool:
     return true_or_false(config_value(training, "use_amp", True), "training.use_amp")
 
 
-def positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def whole_number(value: Any, name: str, minimum: int = 0) -> int:
+    """An integer setting of at least `minimum`; true/false, text and fractions are refused."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"a whole number, {minimum} or more"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def positive_int(value: Any, name: str) -> int:
+    return whole_number(value, name, 1)
+
+
+def number_in(value: Any, name: str, low: float, high: float = math.inf, *, low_open: bool = False,
+              high_open: bool = False) -> float:
+    """A real-number setting from `low` to `high`, an end excluded where it is open; true/false, NaN
+    and text other than a number are refused. (PyYAML reads `1e-4`, without a dot, as text: taken.)"""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    fits = isinstance(number, Real) and not isinstance(number, bool) and not math.isnan(number)
+    if fits:
+        fits = (number > low if low_open else number >= low) and (number < high if high_open else number <= high)
+    if not fits:
+        if high == math.inf:
+            what = f"a number above {low:g}" if low_open else f"a number, {low:g} or more"
+        else:
+            what = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return float(number)
 
 
 def stem_names(config: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 import torch.multiprocessing as mp
 
+from bsmamba2_plugin.train.cli import main as train_main
 from bsmamba2_plugin.train.cli import parse_args
 from bsmamba2_plugin.train.loss import PaperLoss
 from bsmamba2_plugin.train.trainer import EpochBatches
@@ -179,3 +180,38 @@ def test_a_wrong_model_value_stops_training_with_one_line(tmp_path, model_keys, 
     assert run.returncode == 2, run.stdout + run.stderr
     assert f"error: {config}: {expected}" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr and "is ignored" not in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("section, key, value, expected", [
+    ("training", "batch_size", 0, "training.batch_size must be a positive integer, got 0"),
+    ("training", "num_steps", 0, "training.num_steps must be a positive integer, got 0"),
+    ("training", "num_epochs", -1, "training.num_epochs must be a positive integer, got -1"),
+    ("training", "gradient_accumulation_steps", 0, "training.gradient_accumulation_steps must be a positive integer"),
+    ("training", "lr", -1.0, "training.lr must be a number above 0, got -1.0"),
+    ("training", "lr", "fast", "training.lr must be a number above 0, got 'fast'"),
+    ("training", "grad_clip", -1, "training.grad_clip must be a number, 0 or more, got -1"),
+    ("training", "ema_momentum", 1.0, "training.ema_momentum must be a number in [0, 1), got 1.0"),
+    ("training", "waveform_loss_weight", -1, "training.waveform_loss_weight must be a number, 0 or more"),
+    ("training", "reduce_factor", 1.5, "training.reduce_factor must be a number in (0, 1), got 1.5"),
+    ("training", "patience", -1, "training.patience must be a whole number, 0 or more, got -1"),
+    ("training", "normalize", "no", "training.normalize='no': expected true or false"),
+    ("audio", "sample_rate", 0, "audio.sample_rate must be a positive integer, got 0"),
+])
+def test_a_training_value_out_of_range_stops_at_setup(tmp_path, capsys, section, key, value, expected):
+    data = make_tracks(tmp_path / "train", count=2)
+    config = with_keys(tiny_config(tmp_path / "tiny.yaml"), **{section: {key: value}})
+    code = train_main(["--config_path", str(config), "--data_path", str(data), "--results_path", str(tmp_path / "r"),
+                       "--no_progress", "--no_tensorboard"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: {expected}" in err, err
+
+
+def test_yaml_exponents_without_a_dot_are_numbers(tmp_path):
+    """PyYAML reads `lr: 1e-4` as the text '1e-4'; MSST's float() takes it, and so does the trainer."""
+    from bsmamba2_plugin.settings import number_in
+
+    assert number_in("1e-4", "training.lr", 0, low_open=True) == 1e-4
+    with pytest.raises(ValueError, match="training.lr must be a number above 0, got True"):
+        number_in(True, "training.lr", 0, low_open=True)
+    with pytest.raises(ValueError, match=r"training.q must be a number in \[0, 1\], got nan"):
+        number_in(float("nan"), "training.q", 0, 1)

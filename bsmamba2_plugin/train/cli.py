@@ -141,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer = None
     try:
-        trainer = Trainer(args)
+        try:
+            trainer = Trainer(args)
+        except ValueError as error:  # a value refused while setting up: one line, as the trainer's own errors
+            raise TrainingConfigError(str(error)) from error
         trainer.run()
     except (TrainingDataError, TrainingConfigError, ConfigError, CheckpointError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)

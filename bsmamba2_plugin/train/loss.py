@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from bsmamba2_plugin import snr_losses
-from bsmamba2_plugin.settings import sample_rate
+from bsmamba2_plugin.settings import number_in, sample_rate, true_or_false
 
 from .errors import TrainingConfigError
 
@@ -148,7 +148,8 @@ class MSSTLoss(nn.Module):
             for key in ("q", "coarse_loss_clip"):
                 if key not in training:
                     raise TrainingConfigError(f"--loss masked_loss / spec_masked_loss need training.{key} (as in MSST)")
-            self.q, self.coarse = float(training.q), bool(training.coarse_loss_clip)
+            self.q = number_in(training.q, "training.q", 0, 1)  # the quantile of the losses kept
+            self.coarse = true_or_false(training.coarse_loss_clip, "training.coarse_loss_clip")
         self.stft = {"n_fft": int(model.get("nfft", 4096)), "hop_length": int(model.get("hop_size", 1024)),
                      "win_length": int(model.get("win_size", 4096)), "normalized": bool(model.get("normalized", True))}
         self.terms = nn.ModuleDict()
@@ -163,7 +164,7 @@ class MSSTLoss(nn.Module):
                                           f"MultiResolutionSTFTLoss: {error}") from error
         if "log_wmse_loss" in self.names:
             self.log_wmse_rate = sample_rate(config)
-            self.bypass_filter = bool(training.get("bypass_filter", False))
+            self.bypass_filter = true_or_false(training.get("bypass_filter", False), "training.bypass_filter")
             try:
                 snr_losses.check_log_wmse_available(self.log_wmse_rate, self.bypass_filter)
             except (RuntimeError, ValueError) as error:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
+from ..settings import number_in, whole_number
 from .errors import TrainingConfigError
 
 TORCH_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam,
@@ -24,7 +25,7 @@ def build_optimizer(config: Any, parameters: Iterable[torch.nn.Parameter],
                     device: torch.device | None = None) -> torch.optim.Optimizer:
     name = str(config.training.get("optimizer", "adam"))
     options = dict(config["optimizer"]) if "optimizer" in config else {}
-    lr = float(config.training.lr)
+    lr = number_in(config.training.lr, "training.lr", 0, low_open=True)
     if name in TORCH_OPTIMIZERS:
         try:
             return TORCH_OPTIMIZERS[name](parameters, lr=lr, **options)
@@ -79,11 +80,13 @@ def build_scheduler(config: Any, optimizer: torch.optim.Optimizer) -> ReduceLROn
             raise TrainingConfigError(
                 "training.scheduler: linear_scheduler needs training.num_warmup_steps (as in MSST)")
         total = int(training.num_epochs) * int(training.num_steps)
-        return LambdaLR(optimizer, LinearWarmupDecay(int(training.num_warmup_steps), total))
+        warmup = whole_number(training.num_warmup_steps, "training.num_warmup_steps")
+        return LambdaLR(optimizer, LinearWarmupDecay(warmup, total))
     if name != "ReduceLROnPlateau":
         raise TrainingConfigError(
             f"training.scheduler={name!r}: choose ReduceLROnPlateau (MSST's default; set a huge training.patience "
             f"for a constant learning rate, as the paper) or linear_scheduler"
         )
-    return ReduceLROnPlateau(optimizer, "max", patience=int(training.get("patience", 2)),
-                             factor=float(training.get("reduce_factor", 0.95)))
+    return ReduceLROnPlateau(optimizer, "max", patience=whole_number(training.get("patience", 2), "training.patience"),
+                             factor=number_in(training.get("reduce_factor", 0.95), "training.reduce_factor", 0, 1,
+                                              low_open=True, high_open=True))

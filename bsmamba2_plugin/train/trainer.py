@@ -37,7 +37,7 @@ from bsmamba2_plugin.model import BSMamba2
 from bsmamba2_plugin.model.backend import resolve_backend
 from bsmamba2_plugin.model.projection import requested_cpu_gemm
 from bsmamba2_plugin.precision import training_precision
-from bsmamba2_plugin.settings import sample_rate, use_amp_setting
+from bsmamba2_plugin.settings import number_in, positive_int, sample_rate, true_or_false, use_amp_setting
 
 from .augmentations import ChunkSizeAugmentation
 from .checkpoints import (
@@ -118,13 +118,15 @@ class Trainer:
             raise TrainingConfigError(str(error)) from error
         for key in ("instruments", "batch_size", "num_steps", "num_epochs", "lr"):
             required(training, "training", key)
-        self.chunk_size = int(required(self.config.audio, "audio", "chunk_size"))
-        self.batch_size = int(training.batch_size)
-        self.num_steps = int(training.num_steps)
-        self.num_epochs = int(training.num_epochs)
-        self.accumulation = max(int(training.get("gradient_accumulation_steps", 1)), 1)
-        self.grad_clip = float(training.get("grad_clip", 0) or 0)
-        self.normalize = bool(training.get("normalize", False))
+        self.chunk_size = positive_int(required(self.config.audio, "audio", "chunk_size"), "audio.chunk_size")
+        self.batch_size = positive_int(training.batch_size, "training.batch_size")
+        self.num_steps = positive_int(training.num_steps, "training.num_steps")
+        self.num_epochs = positive_int(training.num_epochs, "training.num_epochs")
+        self.accumulation = positive_int(training.get("gradient_accumulation_steps", 1),
+                                         "training.gradient_accumulation_steps")
+        # 0 (or absent) is MSST's "no clipping"
+        self.grad_clip = number_in(training.get("grad_clip", 0) or 0, "training.grad_clip", 0)
+        self.normalize = true_or_false(training.get("normalize", False) or False, "training.normalize")
         self.results_path = Path(args.results_path)
         self.metric = args.metric_for_scheduler
         self.metrics = list(dict.fromkeys(getattr(args, "metrics", None) or [self.metric]))
@@ -161,7 +163,7 @@ class Trainer:
         self._set_memory_fraction()
         self.optimizer = build_optimizer(self.config, self.model.parameters(), self.device)
         self.scheduler = build_scheduler(self.config, self.optimizer)
-        decay = float(training.get("ema_momentum", 0) or 0)
+        decay = number_in(training.get("ema_momentum", 0) or 0, "training.ema_momentum", 0, 1, high_open=True)
         self.ema = WeightEMA(self.model, decay) if decay > 0 else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.state = RunState()
@@ -260,7 +262,8 @@ class Trainer:
         a = self.args
         names = getattr(a, "loss", None)
         if names is None and not getattr(a, "use_standard_loss", False):
-            return PaperLoss(self.model.loss_settings, float(training.get("waveform_loss_weight", 10.0)))
+            return PaperLoss(self.model.loss_settings,
+                             number_in(training.get("waveform_loss_weight", 10.0), "training.waveform_loss_weight", 0))
         names = names or ["masked_loss"]
         coefficients = {n: getattr(a, f"{n}_coef", COEF_DEFAULTS[n]) for n in MSST_LOSSES}
         return MSSTLoss(names, coefficients, self.config)
