@@ -144,7 +144,7 @@ class InferenceSettings:
             batch_size=positive_int(config_value(inference, "batch_size"), "inference.batch_size"),
             instruments=instruments,
             all_instruments=everything,
-            normalize=config_value(inference, "normalize", False) is True,
+            normalize=true_or_false(config_value(inference, "normalize", False) or False, "inference.normalize"),
             use_amp=use_amp_setting(training),
             precision=str(config_value(inference, "precision", "auto")),
         )

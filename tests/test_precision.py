@@ -130,3 +130,16 @@ def test_use_amp_must_be_true_or_false(value) -> None:
         config.training.use_amp = value
     with pytest.raises(ValueError, match=re.escape(f"training.use_amp={value!r}: expected true or false")):
         InferenceSettings.from_config(config)
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), (False, False), (None, False), ("yes", None)])
+def test_inference_normalize_must_be_true_or_false(value, expected) -> None:
+    # "yes" was read as false in silence (only `is True` counted); MSST's truthiness would normalise
+    config = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "bsmamba2_vocals_small.yaml"))
+    with config.inference.ignore_type():
+        config.inference.normalize = value
+    if expected is None:
+        with pytest.raises(ValueError, match=re.escape(f"inference.normalize={value!r}: expected true or false")):
+            InferenceSettings.from_config(config)
+    else:
+        assert InferenceSettings.from_config(config).normalize is expected
