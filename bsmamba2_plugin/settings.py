@@ -4,6 +4,9 @@
 entry read the config only through `InferenceSettings.from_config`, so a default (44100 Hz, the
 stem list, the overlap) is decided in one place. MSST's inference options that live on its
 command line rather than in the YAML (TTA, bigshifts) are fields too, set per call.
+
+The checks of one value (`true_or_false`, `whole_number`, `positive_int`, `number_in`) live here as
+well: the trainer and the model refuse a bad setting with the same wording, naming its key.
 """
 from __future__ import annotations
 
