@@ -255,7 +255,7 @@ def test_config_errors_name_the_key() -> None:
         BSMamba2(**{**TINY, "dim": 24})
     with pytest.raises(ValueError, match=r"model\.stft_win_length=\d+ exceeds model\.stft_n_fft"):
         BSMamba2(**{**TINY, "stft_win_length": TINY["stft_n_fft"] * 2})
-    with pytest.raises(ValueError, match=r"model\.mask_estimator_depth must be 0 or more, got -1"):
+    with pytest.raises(ValueError, match=r"model\.mask_estimator_depth must be a whole number, 0 or more, got -1"):
         BSMamba2(**{**TINY, "mask_estimator_depth": -1})
 
 

@@ -26,7 +26,7 @@ from beartype import BeartypeConf, beartype
 from beartype.roar import BeartypeCallHintViolation
 from torch import Tensor, nn
 
-from ..settings import positive_int
+from ..settings import positive_int, whole_number
 from .backend import check_backend, use_mamba_ssm
 from .linear_weight import is_linear, stacked_linear
 from .mamba2 import HEADDIM, Mamba2, RMSNorm, both_directions, fp32_or_wider
@@ -226,8 +226,7 @@ class BSMamba2(nn.Module):
         if stft_win_length > stft_n_fft:
             raise ValueError(f"model.stft_win_length={stft_win_length} exceeds model.stft_n_fft={stft_n_fft}; "
                              "the STFT window must fit in its frame")
-        if mask_estimator_depth < 0:  # 0 builds the same one-layer MLP as 1, as in MSST
-            raise ValueError(f"model.mask_estimator_depth must be 0 or more, got {mask_estimator_depth}")
+        whole_number(mask_estimator_depth, "model.mask_estimator_depth")  # 0 builds the one-layer MLP of 1, as in MSST
         n_bins = stft_n_fft // 2 + 1
         if sum(freqs_per_bands) != n_bins or len(freqs_per_bands) < 2:
             raise ValueError(
