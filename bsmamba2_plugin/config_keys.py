@@ -2,8 +2,8 @@
 
 `warn_unused_keys(config, source)` warns once per key (per process) that is in none of these
 lists, naming its dotted path (``augmentations.mp3_compression_on_mixture``) and the file, so no
-key is ever ignored without a word (the model section's keys are BSMamba2's own to refuse, with the
-list of those it takes, whenever a model is built). Keys that MSST reads for its other models and that have no
+key is ever ignored without a word (the free-form sections' keys, the model's among them, are refused
+by what they are passed to). Keys that MSST reads for its other models and that have no
 meaning for BSMamba2 are listed under `NO_EFFECT` with the reason; they warn only when set to a
 value that would change MSST's behaviour (so a shipped MSST config stays quiet).
 """
@@ -13,14 +13,12 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from bsmamba2_plugin.model import MODEL_KEYS
 from bsmamba2_plugin.train.augmentations import TOP_LEVEL_KEYS as AUGMENTATION_KEYS
 from bsmamba2_plugin.train.augmentations import per_stem_keys
 
 # section -> keys read by bsmamba2_plugin (training, separation, the model)
 READ: dict[str, frozenset[str]] = {
     "audio": frozenset({"chunk_size", "num_channels", "sample_rate", "min_mean_abs"}),
-    "model": frozenset(MODEL_KEYS),
     "training": frozenset({
         "model_type", "instruments", "target_instrument", "batch_size", "num_steps", "num_epochs", "lr",
         "gradient_accumulation_steps", "grad_clip", "normalize", "use_amp", "amp_dtype", "compile", "optimizer",
@@ -35,8 +33,9 @@ READ: dict[str, frozenset[str]] = {
     "optimizer": frozenset(),      # free-form: passed to the optimizer's constructor, which refuses unknown names
     "loss_multistft": frozenset(),  # free-form: passed to auraloss.freq.MultiResolutionSTFTLoss
     "lora": frozenset(),            # free-form: passed to loralib.Linear / peft.LoraConfig
+    "model": frozenset(),           # passed to BSMamba2, which refuses an unknown key with the list of its own
 }
-FREE_FORM = frozenset({"optimizer", "loss_multistft", "lora"})
+FREE_FORM = frozenset({"optimizer", "loss_multistft", "lora", "model"})
 
 # dotted path -> (the value that means "off", why it has no effect here)
 NO_EFFECT: dict[str, tuple[Any, str]] = {
@@ -79,8 +78,8 @@ def unused_keys(config: Any) -> list[tuple[str, str]]:
         if name not in READ:
             found.append((name, "unknown section"))
             continue
-        if name in FREE_FORM or name == "model" or not _is_section(section):
-            continue  # BSMamba2's constructor refuses an unknown model key itself: an error, not "ignored"
+        if name in FREE_FORM or not _is_section(section):
+            continue
         for key in _keys(section):
             path = f"{name}.{key}"
             value = section[key]

@@ -291,8 +291,8 @@ def samples_argument(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import CheckpointError, load_model
-    from .config import ConfigError, load_config
+    from .checkpoint import load_model
+    from .config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m bsmamba2_plugin.onnx_export", description=__doc__.split("\n")[0])
     parser.add_argument("--config_path", required=True, help="MSST bs_mamba2 YAML config")
@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("no --start_check_point: exporting randomly initialised weights", file=sys.stderr)
         model = load_model(config, args.start_check_point)
         written = export_onnx(model, args.output, chunk_samples=int(chunk), opset=args.opset, config=config)
-    except (CheckpointError, ConfigError, ValueError, OSError) as error:  # setup errors: one line, not a traceback
+    except (ValueError, OSError) as error:  # setup errors (CheckpointError, ConfigError too): one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {written} ({frames_for(model.stft_kwargs, int(chunk))} STFT frames = {chunk} samples per chunk)")

@@ -136,11 +136,9 @@ class Trainer:
         self.chunk_augmentation = ChunkSizeAugmentation.from_config(self.config)
 
         self.device = self._pick_device()
-        try:  # the environment's model settings, checked before any work rather than at the first forward
-            resolve_backend(None)
-            requested_cpu_gemm()
-        except ValueError as error:
-            raise TrainingConfigError(str(error)) from None
+        # the environment's model settings, checked before any work rather than at the first forward
+        resolve_backend(None)
+        requested_cpu_gemm()
         self.autocast_dtype = self._autocast_dtype(training)
         self.compiled = compile_setting(training, args.compile)
         random.seed(args.seed)
